@@ -1,0 +1,146 @@
+"""The WordPress client: one interface over the companion plugin (``wordpress/wp-sync-bridge.php``),
+two transports (REST by default, XML-RPC), chosen in configuration.
+
+Both send the same argument objects to the same PHP functions, so their behaviour is identical;
+the tests run the same suite against both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+
+from bridge.clients.http import retrying, send
+from bridge.settings import Settings
+
+API_VERSION = 1
+
+
+@dataclass
+class UpsertRequest:
+    """Arguments of the plugin's upsert (see wordpress/README.md). ``None`` means "leave as is"."""
+
+    email: str
+    login: str | None = None
+    password: str | None = None
+    set_password: bool = False
+    first_name: str | None = None
+    last_name: str | None = None
+    display_name: str | None = None
+    role: str | None = None
+    default_role: str = "subscriber"
+    meta: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] | None = None
+    tags_key: str | None = None
+    contact_id: str | None = None
+    contact_id_key: str | None = None
+    send_notification: bool = False
+    create: bool = True
+    request_id: str | None = None
+
+    def as_args(self) -> dict[str, Any]:
+        """The JSON/XML-RPC struct, without unset values (XML-RPC has no null)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class UpsertResult:
+    """What the plugin did."""
+
+    user_id: int | None
+    created: bool
+    outcome: str
+    login: str | None = None
+    role: str | None = None
+    changed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    replayed: bool = False
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "UpsertResult":
+        return cls(
+            user_id=data.get("user_id") or None,
+            created=bool(data.get("created")),
+            outcome=str(data.get("outcome", "")),
+            login=data.get("login"),
+            role=data.get("role"),
+            changed=list(data.get("changed") or []),
+            warnings=list(data.get("warnings") or []),
+            replayed=bool(data.get("replayed")),
+        )
+
+
+class WordPress(Protocol):
+    """What the bridge needs from WordPress."""
+
+    async def status(self) -> dict[str, Any]: ...
+    async def roles(self) -> dict[str, str]: ...
+    async def lookup(self, email: str | None = None, contact_id: str | None = None,
+                     contact_id_key: str | None = None, tags_key: str | None = None,
+                     meta_keys: list[str] | None = None) -> dict[str, Any] | None: ...
+    async def upsert(self, request: UpsertRequest) -> UpsertResult: ...
+    async def close(self) -> None: ...
+
+
+def _roles(data: dict[str, Any]) -> dict[str, str]:
+    return {r["slug"]: r.get("name", r["slug"]) for r in data.get("roles", [])}
+
+
+class RestWordPress:
+    """The plugin's REST routes over one keep-alive aiohttp session with an application password."""
+
+    service = "wordpress"
+
+    def __init__(self, settings: Settings) -> None:
+        wp = settings.wordpress
+        self._base = wp.url.rstrip("/") + "/"
+        self._timeout_s = wp.timeout_s
+        self._retry = settings.worker
+        self._session = aiohttp.ClientSession(
+            auth=aiohttp.BasicAuth(wp.username, wp.application_password.get_secret_value()),
+            connector=aiohttp.TCPConnector(limit=wp.max_connections),
+            headers={"User-Agent": "wp-sync-bridge", "Accept": "application/json"},
+        )
+
+    async def _call(self, method: str, route: str, **kwargs: Any) -> Any:
+        # ?rest_route= works whatever the site's permalink settings are.
+        params = {"rest_route": f"/wp-sync-bridge/v1/{route}", **kwargs.pop("params", {})}
+        async for attempt in retrying(self._retry.http_attempts, self._retry.http_backoff_s, self._retry.http_max_wait_s):
+            with attempt:
+                return await send(self._session, self.service, method, self._base, params=params,
+                                  timeout_s=self._timeout_s, **kwargs)
+
+    async def status(self) -> dict[str, Any]:
+        """Plugin and WordPress versions; raises when the plugin is missing or credentials fail."""
+        return await self._call("GET", "status")
+
+    async def roles(self) -> dict[str, str]:
+        """The site's roles, slug → name."""
+        return _roles(await self._call("GET", "roles"))
+
+    async def lookup(self, email=None, contact_id=None, contact_id_key=None, tags_key=None, meta_keys=None):
+        """The user with this contact ID (meta) or exact email, or None."""
+        params = {k: v for k, v in {"email": email, "contact_id": contact_id, "contact_id_key": contact_id_key,
+                                     "tags_key": tags_key}.items() if v}
+        if meta_keys:
+            params["meta_keys"] = ",".join(meta_keys)
+        data = await self._call("GET", "users/lookup", params=params)
+        return data.get("user")
+
+    async def upsert(self, request: UpsertRequest) -> UpsertResult:
+        """Create or update the user (serialised per email inside WordPress)."""
+        return UpsertResult.from_json(await self._call("POST", "users/upsert", json=request.as_args()))
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+def make_wordpress(settings: Settings) -> WordPress:
+    """The transport chosen by ``wordpress.transport``."""
+    if settings.wordpress.transport == "xmlrpc":
+        from bridge.clients.wordpress_xmlrpc import XmlRpcWordPress
+
+        return XmlRpcWordPress(settings)
+    return RestWordPress(settings)

@@ -1,0 +1,208 @@
+"""Parse one webhook delivery into a ``Delivery``: pure, from query, content type and body bytes.
+
+Everything that makes a delivery unacceptable raises ``BadDelivery`` with a 4xx status and a
+message naming the problem (WP Fusion answers 200 "Abort" here; the CRM then believes it
+delivered something that was dropped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+from urllib.parse import parse_qsl
+
+from bridge.core.connector import ConnectorSpec
+from bridge.core.paths import first_path, get_path
+from bridge.errors import BadDelivery
+
+ACTION_ALIASES = {"add_user": "add", "update_user": "update"}
+QUEUED_ACTIONS = ("add", "update", "update_tags", "delete")
+KNOWN_ACTIONS = (*QUEUED_ACTIONS, "test", *ACTION_ALIASES)
+MAX_DEPTH = 32
+TRUE_WORDS = {"1", "true", "yes", "on"}
+# Query parameters that never take part in a dedupe key or get stored: they are credentials.
+SECRET_PARAMS = frozenset({"access_key"})
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A parsed, acceptable delivery: what the worker needs to run the job."""
+
+    connection: str
+    action: str
+    contact_id: str | None
+    email: str | None
+    role: str | None = None
+    send_notification: bool = False
+    body: dict[str, Any] = field(default_factory=dict)
+    operation: str | None = None
+
+    @property
+    def contact_key(self) -> str:
+        """The key that orders a contact's jobs: the CRM contact ID, else the lower-cased email."""
+        if self.contact_id:
+            return f"{self.connection}:id:{self.contact_id}"
+        return f"{self.connection}:email:{(self.email or '').lower()}"
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON-safe form stored with the job."""
+        return {
+            "connection": self.connection,
+            "action": self.action,
+            "contact_id": self.contact_id,
+            "email": self.email,
+            "role": self.role,
+            "send_notification": self.send_notification,
+            "operation": self.operation,
+            "body": self.body,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> "Delivery":
+        """The inverse of ``to_payload``."""
+        return cls(**{k: payload.get(k) for k in cls.__dataclass_fields__ if k in payload})
+
+
+def normalize_action(value: str | None) -> str | None:
+    """``wpf_action`` with WP Fusion's aliases resolved; raises BadDelivery for an unknown action."""
+    if value is None or value == "":
+        return None
+    action = ACTION_ALIASES.get(value, value)
+    if action not in (*QUEUED_ACTIONS, "test"):
+        raise BadDelivery(
+            400,
+            "unknown_action",
+            f"unknown wpf_action {value[:40]!r}; expected one of {', '.join(KNOWN_ACTIONS)}",
+            field="wpf_action",
+        )
+    return action
+
+
+def _depth(value: Any, limit: int) -> int:
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def parse_body(content_type: str | None, body: bytes) -> dict[str, Any]:
+    """Decode a JSON or form body into an object; raises BadDelivery (400/415) naming the problem."""
+    if not body.strip():
+        return {}
+    mime = (content_type or "").split(";")[0].strip().lower()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadDelivery(400, "invalid_encoding", f"body is not valid UTF-8 (byte {exc.start})", field="body") from None
+    if mime == "application/x-www-form-urlencoded":
+        return dict(parse_qsl(text, keep_blank_values=True))
+    if mime not in ("", "application/json", "text/json") and not mime.endswith("+json"):
+        raise BadDelivery(
+            415,
+            "unsupported_media_type",
+            f"content type {mime[:60]!r} is not accepted; send application/json or application/x-www-form-urlencoded",
+            field="content-type",
+        )
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise BadDelivery(400, "too_deep", f"JSON nesting deeper than {MAX_DEPTH} levels", field="body") from None
+    except ValueError as exc:
+        raise BadDelivery(400, "invalid_json", f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", field="body") from None
+    if not isinstance(data, dict):
+        raise BadDelivery(400, "invalid_payload", f"JSON body must be an object, not {type(data).__name__}", field="body")
+    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
+        raise BadDelivery(400, "too_deep", f"JSON nesting deeper than {MAX_DEPTH} levels", field="body")
+    return data
+
+
+def _action_for(spec: ConnectorSpec, query: Mapping[str, str], body: dict[str, Any]) -> tuple[str, str | None]:
+    action = normalize_action(query.get("wpf_action"))
+    if action:
+        return action, None
+    if spec.operation_path:
+        operation = get_path(body, spec.operation_path)
+        if operation is not None:
+            mapped = spec.operations.get(str(operation))
+            if mapped is None:
+                raise BadDelivery(
+                    400,
+                    "unknown_operation",
+                    f"{spec.operation_path}={str(operation)[:40]!r} is not one of {', '.join(spec.operations) or 'none configured'}",
+                    field=spec.operation_path,
+                )
+            return mapped, str(operation)
+    if spec.default_action:
+        return spec.default_action, None
+    raise BadDelivery(400, "missing_action", "no wpf_action in the query and none in the body", field="wpf_action")
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def parse_delivery(
+    connection: str,
+    spec: ConnectorSpec,
+    query: Mapping[str, str],
+    content_type: str | None,
+    body: bytes,
+) -> Delivery:
+    """Turn a request into a Delivery, or raise BadDelivery saying what is wrong.
+
+    The action comes from ``wpf_action`` (aliases resolved), else the body's operation, else the
+    connector's default. The contact comes from the ``contact_id``/``email`` query parameters,
+    else the connector's JSON paths.
+    """
+    data = parse_body(content_type, body)
+    action, operation = _action_for(spec, query, data)
+    if action == "test":
+        return Delivery(connection, "test", None, None, body=data)
+    contact_id = _text(query.get("contact_id"))
+    if contact_id is None and (hit := first_path(data, spec.contact_id_paths)):
+        contact_id = _text(hit[1])
+    email = _text(query.get("email"))
+    if email is None and (hit := first_path(data, spec.email_paths)):
+        email = _text(hit[1])
+    if contact_id is None and email is None:
+        looked = ", ".join(["query contact_id", "query email", *spec.contact_id_paths, *spec.email_paths])
+        raise BadDelivery(422, "missing_contact", f"no contact ID or email found (looked at {looked})", field="contact_id")
+    if email is not None and ("@" not in email or len(email) > 254 or any(c.isspace() for c in email)):
+        raise BadDelivery(422, "invalid_email", f"email {email[:60]!r} is not an address", field="email")
+    if contact_id is not None and len(contact_id) > 255:
+        raise BadDelivery(422, "invalid_contact_id", "contact ID longer than 255 characters", field="contact_id")
+    role = _text(query.get("role"))
+    notify = (query.get("send_notification") or "").strip().lower() in TRUE_WORDS
+    return Delivery(connection, action, contact_id, email, role, notify, data, operation)
+
+
+def dedupe_key(connection: str, query: Mapping[str, str], body: bytes, webhook_id: str | None) -> str:
+    """The idempotency key: the sender's ``webhook-id`` when given, else a hash of what was sent.
+
+    Credentials are left out so that rotating the access key does not defeat de-duplication.
+    """
+    if webhook_id:
+        return f"wh:{connection}:{webhook_id[:200]}"
+    h = hashlib.sha256(connection.encode())
+    for key, value in sorted((k, v) for k, v in query.items() if k not in SECRET_PARAMS):
+        h.update(b"\x00" + key.encode() + b"=" + value.encode())
+    h.update(b"\x01" + body)
+    return "h:" + h.hexdigest()[:40]
+
+
+def public_query(query: Mapping[str, str]) -> dict[str, str]:
+    """The query without credentials: what may be stored and shown."""
+    return {k: v for k, v in query.items() if k not in SECRET_PARAMS}

@@ -1,0 +1,35 @@
+"""Prometheus metrics (``/metrics``). Labels carry connection names and outcomes, never secrets."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    """The bridge's metrics in a registry of its own (several bridges can live in one test process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.deliveries = Counter("wpsb_deliveries", "Webhook deliveries by result", ["connection", "result"], registry=self.registry)
+        self.jobs = Counter("wpsb_jobs", "Finished job runs by outcome", ["connection", "outcome"], registry=self.registry)
+        self.job_seconds = Histogram("wpsb_job_duration_seconds", "Duration of successful job runs", ["connection"], registry=self.registry)
+        self.queue = Gauge("wpsb_jobs_in_state", "Jobs per state at the last scrape", ["state"], registry=self.registry)
+
+    def delivery(self, connection: str | None, result: str) -> None:
+        self.deliveries.labels(connection or "-", result).inc()
+
+    def job_done(self, connection: str, outcome: str, duration_s: float) -> None:
+        self.jobs.labels(connection, outcome).inc()
+        self.job_seconds.labels(connection).observe(duration_s)
+
+    def job_retry(self, connection: str) -> None:
+        self.jobs.labels(connection, "retry_scheduled").inc()
+
+    def job_dead(self, connection: str) -> None:
+        self.jobs.labels(connection, "dead").inc()
+
+    def render(self, counts: dict[str, int]) -> bytes:
+        """The text exposition, with the queue gauges refreshed from ``counts``."""
+        for state, n in counts.items():
+            self.queue.labels(state).set(n)
+        return generate_latest(self.registry)

@@ -1,0 +1,129 @@
+"""The webhook handler: authenticate, parse (pure), store durably, answer.
+
+Order matters: a wrong key is answered 403 before the body is read and nothing is stored;
+an authenticated delivery that cannot be accepted is kept raw (``rejected``) and answered 4xx;
+an accepted one is answered 202 only after its job is committed to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable
+
+import structlog
+from aiohttp import web
+
+from bridge.core.auth import key_matches, verify_signature
+from bridge.core.delivery import dedupe_key, parse_delivery, public_query
+from bridge.core.discovery import mask, shape
+from bridge.errors import BadDelivery
+from bridge.metrics import Metrics
+from bridge.settings import Settings
+from bridge.store import queue as q
+from bridge.store.jobs import JobStore
+from bridge.web.throttle import FailureThrottle
+
+log = structlog.get_logger("bridge.intake")
+MAX_SHAPES = 1000
+
+
+def json_error(err: BadDelivery, headers: dict[str, str] | None = None) -> web.Response:
+    """The 4xx answer for a BadDelivery."""
+    return web.json_response(err.as_json(), status=err.status, headers=headers)
+
+
+class Intake:
+    """Handles ``/`` (WP Fusion's URL contract) and ``/hooks/{connection}``."""
+
+    def __init__(self, settings: Settings, store: JobStore, metrics: Metrics, on_enqueued: Callable[[], None],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.on_enqueued = on_enqueued
+        self.clock = clock
+        self.specs = {name: conn.spec() for name, conn in settings.connections.items()}
+        self.keys = [k.get_secret_value() for k in settings.server.access_keys]
+        self.throttle = FailureThrottle(settings.server.auth_failures_per_min, settings.server.auth_tracker_size, time.monotonic)
+        self._shapes: set[tuple[str, str]] = set()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Answer one delivery; never raises for bad input."""
+        address = request.remote or "-"
+        wait_s = self.throttle.blocked(address)
+        if wait_s is not None:
+            self.metrics.delivery(None, "throttled")
+            return json_error(BadDelivery(429, "too_many_failures", "too many requests with a wrong access key; slow down"),
+                              {"Retry-After": str(int(wait_s) + 1)})
+        provided = request.query.get("access_key") or request.headers.get("X-Access-Key")
+        if not key_matches(provided, self.keys):
+            self.throttle.failed(address)
+            self.metrics.delivery(None, "forbidden")
+            log.warning("delivery.forbidden", remote=address, key_given=bool(provided))
+            return json_error(BadDelivery(403, "invalid_access_key", "Invalid Access Key" if provided else "access_key is missing", field="access_key"))
+        connection = request.match_info.get("connection") or request.query.get("connection") or self.settings.default_connection()
+        query = dict(request.query)
+        try:
+            body = await self._read_body(request)
+        except BadDelivery as err:
+            self.metrics.delivery(connection, err.code)
+            return json_error(err)
+        try:
+            return await self._accept(request, connection, query, body)
+        except BadDelivery as err:
+            await self.store.reject(connection=connection, status=err.status, reason=f"{err.code}: {err.message}",
+                                    method=request.method, query=public_query(query),
+                                    content_type=request.headers.get("Content-Type"), body=body)
+            self.metrics.delivery(connection, err.code)
+            log.info("delivery.rejected", connection=connection, status=err.status, reason=err.code, detail=err.message)
+            return json_error(err)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.settings.server.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise BadDelivery(413, "body_too_large", f"body of {request.content_length} bytes is over the limit of {limit}", field="body")
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise BadDelivery(413, "body_too_large", f"body is over the limit of {limit} bytes", field="body")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _accept(self, request: web.Request, connection: str | None, query: dict[str, str], body: bytes) -> web.Response:
+        if connection is None or connection not in self.specs:
+            known = ", ".join(sorted(self.specs)) or "none configured"
+            raise BadDelivery(404, "unknown_connection", f"connection {str(connection)[:60]!r} is not configured (known: {known})", field="connection")
+        conn = self.settings.connections[connection]
+        if conn.signing_secrets:
+            verify_signature([s.get_secret_value() for s in conn.signing_secrets], request.headers, body,
+                             self.clock(), self.settings.server.signature_tolerance_s)
+        delivery = parse_delivery(connection, self.specs[connection], query, request.headers.get("Content-Type"), body)
+        if delivery.action == "test":
+            self.metrics.delivery(connection, "test")
+            return web.json_response({"success": True})
+        key = dedupe_key(connection, query, body, request.headers.get("webhook-id"))
+        job_id, duplicate = await self.store.enqueue(
+            key, self.settings.server.dedupe_window_s, connection, delivery.action, delivery.contact_key, delivery.to_payload()
+        )
+        if duplicate:
+            self.metrics.delivery(connection, "duplicate")
+            log.info("delivery.duplicate", connection=connection, job_id=job_id)
+            return web.json_response({"success": True, "job_id": job_id, "duplicate": True}, status=200)
+        self.on_enqueued()
+        self.metrics.delivery(connection, "accepted")
+        log.info("delivery.accepted", connection=connection, job_id=job_id, action=delivery.action)
+        await self._maybe_sample(connection, delivery.body)
+        return web.json_response({"success": True, "job_id": job_id, "status": "queued"}, status=202)
+
+    async def _maybe_sample(self, connection: str, body: dict[str, Any]) -> None:
+        """Keep a masked copy of each new shape of delivery for ``wp-sync-bridge discover``."""
+        keep = self.settings.server.samples_per_connection
+        if not keep or not body:
+            return
+        key = (connection, shape(body))
+        if key in self._shapes or len(self._shapes) >= MAX_SHAPES:
+            return
+        self._shapes.add(key)
+        await self.store.call(q.keep_sample, self.clock(), connection, json.dumps(mask(body)), keep)
