@@ -172,13 +172,14 @@ def parse_delivery(
     if action == "test":
         return Delivery(connection, "test", None, None, body=data)
     contact_id = _text(query.get("contact_id"))
-    if contact_id is None and (hit := first_path(data, spec.contact_id_paths)):
+    # Top-level contact_id/email are the last resort (form bodies, hand-made test requests).
+    if contact_id is None and (hit := first_path(data, [*spec.contact_id_paths, "contact_id"])):
         contact_id = _text(hit[1])
     email = _text(query.get("email"))
-    if email is None and (hit := first_path(data, spec.email_paths)):
+    if email is None and (hit := first_path(data, [*spec.email_paths, "email"])):
         email = _text(hit[1])
     if contact_id is None and email is None:
-        looked = ", ".join(["query contact_id", "query email", *spec.contact_id_paths, *spec.email_paths])
+        looked = ", ".join(dict.fromkeys(["query contact_id", "query email", *spec.contact_id_paths, *spec.email_paths, "contact_id", "email"]))
         raise BadDelivery(422, "missing_contact", f"no contact ID or email found (looked at {looked})", field="contact_id")
     if email is not None and ("@" not in email or len(email) > 254 or any(c.isspace() for c in email)):
         raise BadDelivery(422, "invalid_email", f"email {email[:60]!r} is not an address", field="email")

@@ -1,0 +1,152 @@
+"""The SQLite queue on a real file: durability, dedupe, per-contact order, coalescing, leases, migrations."""
+
+import sqlite3
+
+import pytest
+
+from bridge.store import queue as q
+from bridge.store.db import SchemaTooNew, connect, migrate, migrations
+from bridge.store.jobs import DatabaseLocked, JobStore
+
+
+class Clock:
+    def __init__(self, t=1000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    s = JobStore.open(tmp_path / "q.db", clock=clock)
+    yield s
+    s.close()
+
+
+async def put(store, contact, action="update", key=None, window=3600):
+    return await store.enqueue(key or f"k{id(object())}{contact}{action}{store.clock()}", window, "c", action, contact, {"n": contact})
+
+
+async def test_enqueued_job_is_on_disk_when_acknowledged(store, tmp_path):
+    """Once enqueue returns, another connection to the file sees the job."""
+    job_id, dup = await put(store, "a", key="k1")
+    other = sqlite3.connect(tmp_path / "q.db")
+    assert other.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone() == ("queued",)
+    assert dup is False
+
+
+async def test_duplicate_within_window_returns_first_job(store, clock):
+    """The same dedupe key within the window answers with the original job; after it, a new job."""
+    first, _ = await put(store, "a", key="same", window=60)
+    again, dup = await put(store, "a", key="same", window=60)
+    assert (again, dup) == (first, True)
+    clock.t += 61
+    later, dup = await put(store, "a", key="same", window=60)
+    assert later != first and dup is False
+
+
+async def test_claim_takes_one_job_per_contact_in_order(store):
+    """Only the oldest job of each contact is runnable; other contacts run alongside."""
+    a1, _ = await put(store, "a", "add")
+    a2, _ = await put(store, "a", "add")
+    b1, _ = await put(store, "b", "add")
+    jobs = await store.claim(10, 60)
+    assert [j.id for j in jobs] == [a1, b1]
+    assert await store.claim(10, 60) == []  # a2 waits for a1
+    await store.finish(jobs[0], {"outcome": "created"})
+    assert [j.id for j in await store.claim(10, 60)] == [a2]
+
+
+async def test_retry_keeps_the_contact_blocked_until_it_is_due(store, clock):
+    """A job waiting for its retry still holds back its contact's later jobs (order across retries)."""
+    a1, _ = await put(store, "a", "add")
+    a2, _ = await put(store, "a", "update_tags")
+    [job] = await store.claim(10, 60)
+    await store.retry_later(job, clock.t + 30, "Transient: x")
+    assert await store.claim(10, 60) == []
+    clock.t += 31
+    [again] = await store.claim(10, 60)
+    assert again.id == a1 and again.attempts == 2
+
+
+async def test_waiting_updates_are_coalesced(store):
+    """Consecutive update/update_tags jobs of one contact are claimed as one run, up to the next add."""
+    u1, _ = await put(store, "a", "update_tags")
+    u2, _ = await put(store, "a", "update")
+    u3, _ = await put(store, "a", "update_tags")
+    add, _ = await put(store, "a", "add")
+    [job] = await store.claim(10, 60)
+    assert (job.id, job.merged, job.effective_action) == (u1, [u2, u3], "update")
+    await store.finish(job, {"outcome": "updated"})
+    merged = await store.get_job(u3)
+    assert merged["status"] == "done" and merged["outcome"]["coalesced_into"] == u1
+    [nxt] = await store.claim(10, 60)
+    assert nxt.id == add
+
+
+async def test_expired_lease_runs_again(store, clock):
+    """A job whose lease expired (its process died) is queued again."""
+    await put(store, "a", "add")
+    [job] = await store.claim(10, lease_s=60)
+    assert await store.release_running(expired_only=True) == 0
+    clock.t += 61
+    assert await store.release_running(expired_only=True) == 1
+    assert [j.id for j in await store.claim(10, 60)] == [job.id]
+
+
+async def test_bury_erases_the_secret(store):
+    """A dead job keeps its reason and loses any stored password."""
+    await put(store, "a", "add")
+    [job] = await store.claim(1, 60)
+    await store.save_stage(job.id, None, "pw-Secret-123")
+    await store.bury(job, "Permanent: bad data")
+    row = await store.get_job(job.id)
+    assert row["status"] == "dead" and row["last_error"] == "Permanent: bad data" and row["has_secret"] is False
+
+
+async def test_a_failing_call_does_not_undo_its_batch_neighbours(store):
+    """Group commit: one call raising inside a batch leaves the others committed."""
+    import asyncio
+
+    def boom(conn):
+        conn.execute("INSERT INTO samples (connection, received_at, body) VALUES ('x', 0, '{}')")
+        raise ValueError("nope")
+
+    results = await asyncio.gather(put(store, "a", "add"), store.call(boom), put(store, "b", "add"), return_exceptions=True)
+    assert isinstance(results[1], ValueError)
+    assert (await store.counts())["queued"] == 2
+    assert await store.call(lambda conn: conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]) == 0
+
+
+def test_second_process_on_the_same_file_is_refused(tmp_path):
+    """Two bridges on one database would steal each other's running jobs: the second is refused."""
+    first = JobStore.open(tmp_path / "x.db")
+    try:
+        with pytest.raises(DatabaseLocked):
+            JobStore.open(tmp_path / "x.db")
+    finally:
+        first.close()
+
+
+def test_database_newer_than_the_code_is_refused(tmp_path):
+    """A schema version beyond the known migrations raises SchemaTooNew with both versions."""
+    conn = connect(tmp_path / "n.db")
+    migrate(conn)
+    latest = migrations()[-1][0]
+    conn.execute("INSERT INTO schema_version (version, name) VALUES (?, 'future')", (latest + 1,))
+    with pytest.raises(SchemaTooNew) as info:
+        migrate(conn)
+    assert info.value.found == latest + 1 and str(latest) in str(info.value)
+
+
+def test_migrations_are_applied_once(tmp_path):
+    """Migrating twice is a no-op."""
+    conn = connect(tmp_path / "m.db")
+    v = migrate(conn)
+    assert migrate(conn) == v == migrations()[-1][0]
