@@ -1,0 +1,43 @@
+# wp-sync-bridge — everything a fresh Debian 12 machine needs is installed by these targets.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STACK  := scripts/wordpress-stack
+
+.PHONY: help test demo venv system-deps stack-up stack-down bench lint clean
+
+help:
+	@echo "make test   - install everything, start a private WordPress, run the whole suite"
+	@echo "make demo   - local WordPress + fake CRM + the bridge; sends webhooks and shows the users made"
+	@echo "make bench  - intake and end-to-end sync benchmarks (ratios against baselines in the same run)"
+
+system-deps:
+	$(STACK) install
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: system-deps venv
+	$(PY) -m pytest -ra
+
+demo: system-deps venv
+	$(PY) scripts/demo.py
+
+stack-up:
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+bench: system-deps venv
+	$(PY) bench/intake.py
+	$(PY) bench/sync.py
+
+clean:
+	-$(STACK) purge
+	rm -rf $(VENV) .demo .pytest_cache
