@@ -22,7 +22,6 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.settings import load_settings
-from tests.fakes.crm import FakeCRM
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = ROOT / "scripts" / "wordpress-stack"
@@ -46,7 +45,7 @@ def wp_stack() -> dict[str, str]:
         out = subprocess.run([str(STACK), "env"], check=True, capture_output=True, text=True)
         yield _read_env(out.stdout)
         return
-    env = {**os.environ, "WPSB_STACK_DIR": str(ROOT / ".stack-test"), "WPSB_DB_PORT": "33316", "WPSB_WP_PORT": "8796"}
+    env = {**os.environ, "WPSB_STACK_DIR": str(ROOT / ".stack-test"), "WPSB_DB_PORT": "33326", "WPSB_WP_PORT": "8806"}
     subprocess.run([str(STACK), "purge"], env=env, check=False, capture_output=True)
     started = time.monotonic()
     up = subprocess.run([str(STACK), "up"], env=env, capture_output=True, text=True)
@@ -61,8 +60,10 @@ def wp_stack() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-async def fake_crm() -> AsyncIterator[FakeCRM]:
+async def fake_crm() -> AsyncIterator["FakeCRM"]:
     """One fake CRM server for the session (Customerly, User.com, Rownd, generic)."""
+    from tests.fakes.crm import FakeCRM
+
     crm = FakeCRM()
     await crm.start()
     yield crm
@@ -99,7 +100,7 @@ def unique_email(prefix: str = "user") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
 
 
-def bridge_config(tmp_path: Path, wp_stack: dict[str, str], crm: FakeCRM, transport: str = "rest", **extra: Any) -> dict[str, Any]:
+def bridge_config(tmp_path: Path, wp_stack: dict[str, str], crm: "FakeCRM", transport: str = "rest", **extra: Any) -> dict[str, Any]:
     """A settings dict for a bridge talking to the test WordPress and the fake CRMs."""
     config: dict[str, Any] = {
         "log_format": "console",

@@ -15,12 +15,12 @@ class WordPressProbe:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.url = env["WPSB_WP_URL"].rstrip("/")
-        self.auth = aiohttp.BasicAuth(env["WPSB_WP_USER"], env["WPSB_WP_APP_PASSWORD"])
+        self.auth_header = {"Authorization": aiohttp.BasicAuth(env["WPSB_WP_USER"], env["WPSB_WP_APP_PASSWORD"]).encode()}
         self.db = env
 
     async def users_with_email(self, email: str) -> list[dict[str, Any]]:
         """Every account whose email is exactly ``email`` (REST search is a substring match)."""
-        async with aiohttp.ClientSession(auth=self.auth) as s:
+        async with aiohttp.ClientSession(headers=self.auth_header) as s:
             params = {"rest_route": "/wp/v2/users", "search": email, "context": "edit", "per_page": "100"}
             async with s.get(self.url + "/", params=params) as resp:
                 assert resp.status == 200, await resp.text()
@@ -29,7 +29,7 @@ class WordPressProbe:
 
     async def user(self, user_id: int) -> dict[str, Any]:
         """One user in the edit context (roles, names)."""
-        async with aiohttp.ClientSession(auth=self.auth) as s:
+        async with aiohttp.ClientSession(headers=self.auth_header) as s:
             params = {"rest_route": f"/wp/v2/users/{user_id}", "context": "edit"}
             async with s.get(self.url + "/", params=params) as resp:
                 assert resp.status == 200, await resp.text()
@@ -62,7 +62,7 @@ class WordPressProbe:
 
     async def create_admin(self, email: str, login: str, password: str) -> int:
         """An administrator created through core REST (to check the bridge never demotes one)."""
-        async with aiohttp.ClientSession(auth=self.auth) as s:
+        async with aiohttp.ClientSession(headers=self.auth_header) as s:
             body = {"username": login, "email": email, "password": password, "roles": ["administrator"]}
             async with s.post(self.url + "/", params={"rest_route": "/wp/v2/users"}, json=body) as resp:
                 assert resp.status == 201, await resp.text()

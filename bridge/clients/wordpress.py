@@ -99,9 +99,12 @@ class RestWordPress:
         self._timeout_s = wp.timeout_s
         self._retry = settings.worker
         self._session = aiohttp.ClientSession(
-            auth=aiohttp.BasicAuth(wp.username, wp.application_password.get_secret_value()),
             connector=aiohttp.TCPConnector(limit=wp.max_connections),
-            headers={"User-Agent": "wp-sync-bridge", "Accept": "application/json"},
+            headers={
+                "User-Agent": "wp-sync-bridge",
+                "Accept": "application/json",
+                "Authorization": aiohttp.BasicAuth(wp.username, wp.application_password.get_secret_value()).encode(),
+            },
         )
 
     async def _call(self, method: str, route: str, **kwargs: Any) -> Any:
