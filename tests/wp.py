@@ -9,13 +9,15 @@ from typing import Any
 
 import aiohttp
 
+from bridge.clients.http import basic_auth
+
 
 class WordPressProbe:
     """Admin access to the test site's core REST API with the stack's application password."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.url = env["WPSB_WP_URL"].rstrip("/")
-        self.auth_header = {"Authorization": aiohttp.BasicAuth(env["WPSB_WP_USER"], env["WPSB_WP_APP_PASSWORD"]).encode()}
+        self.auth_header = {"Authorization": basic_auth(env["WPSB_WP_USER"], env["WPSB_WP_APP_PASSWORD"])}
         self.db = env
 
     async def users_with_email(self, email: str) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ Nothing else in the bridge branches on status codes: clients call ``read_respons
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json
 import random
@@ -24,6 +25,11 @@ log = structlog.get_logger("bridge.http")
 TRANSIENT_STATUSES = {408, 425, 502, 503, 504}
 # WordPress answers 500 for a duplicate email or login on user creation: not worth retrying.
 PERMANENT_CODES = {"existing_user_email", "existing_user_login", "rest_user_invalid_role", "rest_invalid_param"}
+
+
+def basic_auth(user: str, password: str) -> str:
+    """An ``Authorization: Basic`` header value (application passwords use HTTP basic auth)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def parse_retry_after(value: str | None, now_s: float | None = None) -> float | None:

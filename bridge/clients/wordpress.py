@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from bridge.clients.http import retrying, send
+from bridge.clients.http import basic_auth, retrying, send
 from bridge.settings import Settings
 
 API_VERSION = 1
@@ -103,7 +103,7 @@ class RestWordPress:
             headers={
                 "User-Agent": "wp-sync-bridge",
                 "Accept": "application/json",
-                "Authorization": aiohttp.BasicAuth(wp.username, wp.application_password.get_secret_value()).encode(),
+                "Authorization": basic_auth(wp.username, wp.application_password.get_secret_value()),
             },
         )
 
