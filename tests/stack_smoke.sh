@@ -297,6 +297,42 @@ expect "email conflict error" "$(j 'd["code"]' <<<"$BODY")" wpsb_email_conflict
 expect "no mail for updates" "$(mail_count)" 1
 ok "a user found by contact ID gets the new email; a taken email is 409 wpsb_email_conflict"
 
+# --- passwords and capabilities -----------------------------------------------------------
+# login_ok LOGIN PASSWORD: true when wp-login.php accepts the pair (it answers 302 + cookie).
+login_ok() {
+    curl -sS -o /dev/null -D - -b 'wordpress_test_cookie=WP%20Cookie%20check' \
+        --data-urlencode "log=$1" --data-urlencode "pwd=$2" -d 'testcookie=1' \
+        "$WPSB_WP_URL/wp-login.php" | grep -qi '^set-cookie: wordpress_logged_in'
+}
+PW1="first pa'ss\\word\"1"
+PW2='second-Pa55word'
+body=$(python3 -c 'import json,sys; print(json.dumps({"email": "pat@example.com", "login": "pat", "password": sys.argv[1]}))' "$PW1")
+upsert "$body"
+expect "pat created" "$(j 'd["login"]' <<<"$BODY")" pat
+PAT_ID=$(j 'd["user_id"]' <<<"$BODY")
+login_ok pat "$PW1" || fail "wp-login.php refused the password given at creation"
+upsert "{\"email\":\"pat@example.com\",\"password\":\"$PW2\"}"
+expect "password ignored without set_password" "$(j 'd["outcome"]' <<<"$BODY")" unchanged
+upsert "{\"email\":\"pat@example.com\",\"password\":\"$PW2\",\"set_password\":true}"
+expect "set_password" "$(j 'd["changed"]' <<<"$BODY")" '["password"]'
+login_ok pat "$PW2" || fail "wp-login.php refused the new password"
+! login_ok pat "$PW1" || fail "the old password still works"
+upsert "{\"email\":\"pat@example.com\",\"password\":\"$PW2\",\"set_password\":true}"
+expect "same password again" "$(j 'd["outcome"]' <<<"$BODY")" unchanged
+expect "no mail for password changes" "$(mail_count)" 1
+ok "password on create, ignored without set_password, changed with it, and logins work"
+
+out=$(curl -sS -u "$AUTH" -H 'Content-Type: application/json' -d '{"name":"smoke"}' \
+    "$WPSB_WP_URL/wp-json/wp/v2/users/$PAT_ID/application-passwords")
+PAT_AUTH="pat:$(j 'd["password"]' <<<"$out")"
+code=$(curl -sS -o "$TMP_DIR/forbidden.json" -w '%{http_code}' -u "$PAT_AUTH" "$WPSB_WP_URL/wp-json/$NS/status")
+expect "subscriber status" "$code" 403
+expect "subscriber error" "$(j 'd["code"]' <"$TMP_DIR/forbidden.json")" wpsb_forbidden
+code=$(curl -sS -o /dev/null -w '%{http_code}' -u "$PAT_AUTH" -H 'Content-Type: application/json' \
+    -d '{"email":"sneaky@example.com"}' "$WPSB_WP_URL/wp-json/$NS/users/upsert")
+expect "subscriber upsert" "$code" 403
+ok "a user without list_users gets 403 wpsb_forbidden"
+
 # --- concurrency --------------------------------------------------------------------------
 RACE='{"email":"race@example.com","first_name":"Race","send_notification":true,"meta":{"k":"v"}}'
 printf '%s\n' $(seq 1 20) | xargs -P 20 -I{} curl -sS -u "$AUTH" -H 'Content-Type: application/json' \
@@ -326,6 +362,9 @@ out=$(xmlrpc wpsb.status '<struct></struct>')
 expect "xmlrpc status" "$(j 'd["plugin_version"]' <<<"$out")" 1.0.0
 out=$(xmlrpc wpsb.status '<struct></struct>' wrong-password)
 expect "xmlrpc bad password" "$(j 'd["fault"]["code"]' <<<"$out")" 403
+out=$(WPSB_WP_USER=pat xmlrpc wpsb.status '<struct></struct>' "$PW2")
+expect "xmlrpc subscriber" "$(j 'd["fault"]["code"]' <<<"$out")" 403
+expect "xmlrpc subscriber error" "$(j 'd["fault"]["string"].split(":")[0]' <<<"$out")" wpsb_forbidden
 out=$(xmlrpc wpsb.getRoles '<struct></struct>')
 expect "xmlrpc roles" "$(j '{"slug": "customer", "name": "Customer"} in d["roles"]' <<<"$out")" true
 XSTRUCT='<struct>
