@@ -699,7 +699,8 @@ function wpsb_parse_upsert_args( array $args ) {
 			)
 		);
 	}
-	foreach ( array( 'tags_key', 'contact_id_key', 'contact_id', 'request_id', 'login', 'password' ) as $key ) {
+	// An empty string means "not given" for these (an empty role leaves the role alone).
+	foreach ( array( 'tags_key', 'contact_id_key', 'contact_id', 'request_id', 'login', 'password', 'role' ) as $key ) {
 		if ( null !== $a[ $key ] && '' === trim( $a[ $key ] ) ) {
 			$a[ $key ] = null;
 		}
