@@ -85,7 +85,9 @@ def _upsert_request(ctx: SyncContext, delivery: Delivery, action: str, fields: C
         tags_key=spec.tags_key,
         contact_id=delivery.contact_id,
         contact_id_key=spec.contact_id_key,
-        request_id=f"job-{job.id}",
+        # Lets a repeated run learn that this job created the user, so the write-back still
+        # happens; costs a meta row, so only sent when something is written back.
+        request_id=f"job-{job.id}" if conn.return_password_field or conn.return_fields else None,
     )
     if action == "update_tags":
         req.create = False
@@ -138,7 +140,9 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
     if creating_possible and not password:
         password = job.secret or generate_password(wp.password_length)
         generated = True
-        if job.secret is None:
+        # Kept before the upsert only when it must reach the CRM: a repeated run then sends the
+        # same password and the write-back can still happen. Otherwise it is never stored.
+        if job.secret is None and conn.return_password_field:
             await ctx.store.save_stage(job.id, None, password)
             job.secret = password
 

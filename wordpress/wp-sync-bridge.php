@@ -299,7 +299,9 @@ function wpsb_find_user_id_by_email( $email ) {
 function wpsb_find_user_id_by_meta( $key, $value ) {
 	global $wpdb;
 	$sql = $wpdb->prepare(
-		"SELECT u.ID FROM {$wpdb->users} u JOIN {$wpdb->usermeta} m ON m.user_id = u.ID WHERE m.meta_key = %s AND m.meta_value = BINARY %s ORDER BY u.ID LIMIT 1",
+		// MIN() rather than ORDER BY ... LIMIT 1: with ORDER BY, MariaDB walks the user_id index
+		// over the whole usermeta table on a miss; MIN() keeps it on the meta_key index.
+		"SELECT MIN(m.user_id) FROM {$wpdb->usermeta} m JOIN {$wpdb->users} u ON u.ID = m.user_id WHERE m.meta_key = %s AND m.meta_value = BINARY %s",
 		$key,
 		$value
 	);
