@@ -282,7 +282,8 @@ function wpsb_find_user_id_by_email( $email ) {
 	// The first condition uses the user_email index (case-insensitive collation); the second
 	// makes the match exact apart from case.
 	$sql = $wpdb->prepare(
-		"SELECT ID FROM {$wpdb->users} WHERE user_email = %s AND BINARY LOWER(user_email) = BINARY LOWER(%s) ORDER BY ID LIMIT 1",
+		// MIN() rather than ORDER BY ID LIMIT 1, which can make MariaDB walk the primary key.
+		"SELECT MIN(ID) FROM {$wpdb->users} WHERE user_email = %s AND BINARY LOWER(user_email) = BINARY LOWER(%s)",
 		$email,
 		$email
 	);
