@@ -181,4 +181,9 @@ async def _delete(ctx: SyncContext, conn, crm: CrmClient, delivery: Delivery) ->
     """A CRM ``delete``: follow the connection's delete_policy (default: ignore)."""
     if conn.delete_policy == "ignore":
         return {"outcome": "ignored", "action": "delete", "policy": "ignore"}
-    raise Permanent("bridge", f"delete_policy {conn.delete_policy!r} needs plugin support that is not installed yet")
+    result = await ctx.wordpress.delete({
+        "email": delivery.email, "contact_id": delivery.contact_id, "contact_id_key": crm.spec.contact_id_key,
+        "policy": conn.delete_policy, "reassign_to": conn.reassign_to,
+    })
+    return {"outcome": result.get("outcome"), "user_id": result.get("user_id") or None, "action": "delete",
+            "policy": conn.delete_policy, "warnings": result.get("warnings") or []}

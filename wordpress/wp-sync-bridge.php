@@ -66,6 +66,13 @@ function wpsb_operations() {
 			'xmlrpc'         => 'wpsb.upsertUser',
 			'xmlrpc_adaptor' => 'wpsb_xmlrpc_upsert_user',
 		),
+		'delete'     => array(
+			'callback'       => 'wpsb_op_delete_user',
+			'method'         => 'POST',
+			'route'          => '/users/delete',
+			'xmlrpc'         => 'wpsb.deleteUser',
+			'xmlrpc_adaptor' => 'wpsb_xmlrpc_delete_user',
+		),
 	);
 }
 
@@ -629,6 +636,87 @@ function wpsb_op_lookup_user( array $args ) {
 	}
 	return array(
 		'user' => wpsb_user_payload( $found['user'], $q['meta_keys'], $q['tags_key'], $q['contact_id_key'] ),
+	);
+}
+
+/**
+ * The CRM deleted a contact: remove the user's roles, or delete the user (content reassigned).
+ * Administrators are never touched. Safe to repeat: a user already gone is "no_user".
+ *
+ * @param array $args email and/or contact_id + contact_id_key; policy (remove_roles|delete);
+ *                    reassign_to (user ID, required for delete).
+ * @return array|WP_Error {outcome: roles_removed|deleted|unchanged|skipped|no_user, user_id, warnings}
+ */
+function wpsb_op_delete_user( array $args ) {
+	$auth = wpsb_authorize( array( 'list_users' ) );
+	if ( is_wp_error( $auth ) ) {
+		return $auth;
+	}
+	$q = wpsb_parse_lookup_args( $args );
+	if ( is_wp_error( $q ) ) {
+		return $q;
+	}
+	$policy = wpsb_arg_string( $args, 'policy' );
+	if ( ! in_array( $policy, array( 'remove_roles', 'delete' ), true ) ) {
+		return wpsb_invalid_arg( 'policy', 'must be remove_roles or delete.' );
+	}
+	$found = wpsb_find_user( $q['email'], $q['contact_id'], $q['contact_id_key'] );
+	$user  = $found['user'];
+	if ( ! $user ) {
+		return wpsb_delete_result( 'no_user', 0 );
+	}
+	if ( in_array( 'administrator', (array) $user->roles, true ) ) {
+		return wpsb_delete_result( 'skipped', $user->ID, array( 'the user is an administrator; left untouched' ) );
+	}
+	if ( 'remove_roles' === $policy ) {
+		return wpsb_remove_roles( $user );
+	}
+	$reassign = isset( $args['reassign_to'] ) ? (int) $args['reassign_to'] : 0;
+	if ( $reassign <= 0 || $reassign === (int) $user->ID || ! get_userdata( $reassign ) ) {
+		return wpsb_invalid_arg( 'reassign_to', 'must be the ID of another existing user.' );
+	}
+	$auth = wpsb_authorize( array( 'delete_user' ), $user->ID );
+	if ( is_wp_error( $auth ) ) {
+		return wpsb_forbidden_as( $auth, 'delete_users' );
+	}
+	require_once ABSPATH . 'wp-admin/includes/user.php';
+	if ( ! wp_delete_user( $user->ID, $reassign ) ) {
+		return new WP_Error( 'wpsb_delete_failed', 'WordPress did not delete the user.', array( 'status' => 500 ) );
+	}
+	return wpsb_delete_result( 'deleted', $user->ID );
+}
+
+/**
+ * Take every role from a user (they keep their account but lose access the roles gave).
+ *
+ * @param WP_User $user User.
+ * @return array|WP_Error
+ */
+function wpsb_remove_roles( WP_User $user ) {
+	$auth = wpsb_authorize( array( 'promote_user' ), $user->ID );
+	if ( is_wp_error( $auth ) ) {
+		return wpsb_forbidden_as( $auth, 'promote_users' );
+	}
+	if ( empty( $user->roles ) ) {
+		return wpsb_delete_result( 'unchanged', $user->ID );
+	}
+	$user->set_role( '' );
+	return wpsb_delete_result( 'roles_removed', $user->ID );
+}
+
+/**
+ * The delete answer.
+ *
+ * @param string   $outcome  What happened.
+ * @param int      $user_id  User ID (0 when none).
+ * @param string[] $warnings Warnings.
+ * @return array
+ */
+function wpsb_delete_result( $outcome, $user_id, array $warnings = array() ) {
+	return array(
+		'outcome'  => $outcome,
+		'user_id'  => (int) $user_id,
+		'warnings' => $warnings,
 	);
 }
 
@@ -1262,6 +1350,16 @@ function wpsb_xmlrpc_lookup_user( $params ) {
  */
 function wpsb_xmlrpc_upsert_user( $params ) {
 	return wpsb_xmlrpc_call( 'upsert', 'wpsb.upsertUser', $params );
+}
+
+/**
+ * XML-RPC wpsb.deleteUser(blog_id, username, password, struct).
+ *
+ * @param array $params Parameters.
+ * @return array|IXR_Error
+ */
+function wpsb_xmlrpc_delete_user( $params ) {
+	return wpsb_xmlrpc_call( 'delete', 'wpsb.deleteUser', $params );
 }
 
 /**

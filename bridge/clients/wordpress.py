@@ -81,6 +81,7 @@ class WordPress(Protocol):
                      contact_id_key: str | None = None, tags_key: str | None = None,
                      meta_keys: list[str] | None = None) -> dict[str, Any] | None: ...
     async def upsert(self, request: UpsertRequest) -> UpsertResult: ...
+    async def delete(self, args: dict[str, Any]) -> dict[str, Any]: ...
     async def close(self) -> None: ...
 
 
@@ -135,6 +136,10 @@ class RestWordPress:
     async def upsert(self, request: UpsertRequest) -> UpsertResult:
         """Create or update the user (serialised per email inside WordPress)."""
         return UpsertResult.from_json(await self._call("POST", "users/upsert", json=request.as_args()))
+
+    async def delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Remove the user's roles or delete the user (``policy``); administrators are never touched."""
+        return await self._call("POST", "users/delete", json={k: v for k, v in args.items() if v is not None})
 
     async def close(self) -> None:
         await self._session.close()

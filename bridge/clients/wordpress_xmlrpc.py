@@ -49,6 +49,11 @@ class _Upsert(AuthenticatedMethod):
     method_args = ("args",)
 
 
+class _Delete(AuthenticatedMethod):
+    method_name = "wpsb.deleteUser"
+    method_args = ("args",)
+
+
 class _TimeoutTransport(xmlrpc.client.Transport):
     def __init__(self, timeout_s: float) -> None:
         super().__init__()
@@ -140,6 +145,9 @@ class XmlRpcWordPress:
 
     async def upsert(self, request: UpsertRequest) -> UpsertResult:
         return UpsertResult.from_json(await self._call(_Upsert(request.as_args())))
+
+    async def delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self._call(_Delete({k: v for k, v in args.items() if v is not None}))
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
