@@ -241,6 +241,92 @@ def discover(config: str | None, connection: str) -> None:
     click.echo(mapping_block(connection, fields, spec.record_path))
 
 
+@cli.group()
+def webhooks() -> None:
+    """Create and delete the CRM's webhook subscription through its API."""
+
+
+def _webhook_errors(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from bridge.errors import AuthFailed, Permanent, Transient
+
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"configuration error: {exc.key}: {exc.problem}", err=True)
+            sys.exit(EX_CONFIG)
+        except (AuthFailed, Permanent) as exc:
+            click.echo(f"refused: {exc}", err=True)
+            sys.exit(1)
+        except Transient as exc:
+            click.echo(f"unavailable: {exc}", err=True)
+            sys.exit(EX_UNAVAILABLE)
+
+    return wrapper
+
+
+@webhooks.command("register")
+@config_option
+@click.argument("connection")
+@click.option("--url", "public_url", help="The bridge's public base URL (default: server.public_url).")
+@_webhook_errors
+def webhooks_register(config: str | None, connection: str, public_url: str | None) -> None:
+    """Create the subscription in the CRM (once) and keep its ID."""
+    from bridge import webhooks as wh
+
+    settings = _settings(config)
+    url = wh.hook_url(settings, connection, public_url)
+    with _db(settings) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            remote_id, created = _run(wh.register(conn, settings, connection, url))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    shown = url.split("?")[0]
+    click.echo(f"{connection}: webhook {remote_id} {'created' if created else 'already registered'} → {shown}")
+
+
+@webhooks.command("unregister")
+@config_option
+@click.argument("connection")
+@_webhook_errors
+def webhooks_unregister(config: str | None, connection: str) -> None:
+    """Delete the stored subscription in the CRM (using its ID) and forget it."""
+    from bridge import webhooks as wh
+
+    settings = _settings(config)
+    with _db(settings) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            removed = _run(wh.unregister(conn, settings, connection))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    click.echo(f"{connection}: " + (f"webhook {removed} deleted" if removed else "no webhook registered"))
+
+
+@webhooks.command("list")
+@config_option
+@click.argument("connection")
+@_webhook_errors
+def webhooks_list(config: str | None, connection: str) -> None:
+    """Show the stored subscription and, when the CRM can list them, what the CRM has."""
+    from bridge import webhooks as wh
+
+    settings = _settings(config)
+    with _db(settings) as conn:
+        row = wh.stored(conn, connection)
+    click.echo(f"stored: {row['remote_id']} → {row['url']}" if row else "stored: none")
+    remote = _run(wh.remote_list(settings, connection))
+    click.echo("in the CRM: " + ("(the connector cannot list webhooks)" if remote is None else ", ".join(remote) or "none"))
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="wp-sync-bridge")

@@ -41,6 +41,8 @@ class ServerSettings(_Section):
     auth_tracker_size: int = Field(10_000, gt=0)
     signature_tolerance_s: int = Field(300, gt=0)
     samples_per_connection: int = Field(5, ge=0)
+    # The address CRMs reach the bridge at (behind the TLS proxy), for `webhooks register`.
+    public_url: str | None = None
 
     @field_validator("access_keys")
     @classmethod
