@@ -107,7 +107,9 @@ def _upsert_request(ctx: SyncContext, delivery: Delivery, action: str, fields: C
 
 async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
     """Do one job (and the jobs coalesced into it); return its outcome or raise a typed error."""
-    delivery = Delivery.from_payload(job.payload)
+    # Coalesced jobs all pull the contact's current state: from the CRM when the connector
+    # fetches, else from the newest delivery of the run.
+    delivery = Delivery.from_payload(job.newest_payload)
     conn = ctx.settings.connections.get(delivery.connection)
     crm = ctx.crms.get(delivery.connection)
     if conn is None or crm is None:

@@ -25,6 +25,12 @@ class Job:
     secret: str | None
     merged: list[int]
     merged_actions: list[str]
+    latest_payload: dict[str, Any] | None = None
+
+    @property
+    def newest_payload(self) -> dict[str, Any]:
+        """The newest delivery this run covers (coalesced jobs carry newer data than the head)."""
+        return self.latest_payload or self.payload
 
     @property
     def effective_action(self) -> str:
@@ -93,11 +99,12 @@ def release_running(conn: sqlite3.Connection, now: float, expired_only: bool) ->
     return conn.execute(sql, args).rowcount
 
 
-def _row_job(row: sqlite3.Row, merged: list[tuple[int, str]]) -> Job:
+def _row_job(row: sqlite3.Row, merged: list[tuple[int, str, str]]) -> Job:
     return Job(
         id=row["id"], connection=row["connection"], action=row["action"], contact_key=row["contact_key"],
         payload=json.loads(row["payload"]), attempts=row["attempts"], stage=row["stage"], secret=row["secret"],
         merged=[m[0] for m in merged], merged_actions=[m[1] for m in merged],
+        latest_payload=json.loads(merged[-1][2]) if merged else None,
     )
 
 
@@ -118,15 +125,15 @@ def claim(conn: sqlite3.Connection, now: float, limit: int, lease_s: float) -> l
     jobs = []
     lease_until = now + lease_s
     for row in rows:
-        merged: list[tuple[int, str]] = []
+        merged: list[tuple[int, str, str]] = []
         if row["action"] in COALESCABLE:
             for later in conn.execute(
-                "SELECT id, action FROM jobs WHERE contact_key = ? AND status = 'queued' AND id > ? ORDER BY id",
+                "SELECT id, action, payload FROM jobs WHERE contact_key = ? AND status = 'queued' AND id > ? ORDER BY id",
                 (row["contact_key"], row["id"]),
             ):
                 if later["action"] not in COALESCABLE:
                     break
-                merged.append((later["id"], later["action"]))
+                merged.append((later["id"], later["action"], later["payload"]))
         conn.execute(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_until = ?, updated_at = ? WHERE id = ?",
             (lease_until, now, row["id"]),
@@ -134,7 +141,7 @@ def claim(conn: sqlite3.Connection, now: float, limit: int, lease_s: float) -> l
         if merged:
             conn.executemany(
                 "UPDATE jobs SET status = 'running', lease_until = ?, merged_into = ?, updated_at = ? WHERE id = ?",
-                [(lease_until, row["id"], now, mid) for mid, _ in merged],
+                [(lease_until, row["id"], now, mid) for mid, _, _ in merged],
             )
         job = _row_job(row, merged)
         job.attempts += 1
