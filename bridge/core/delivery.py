@@ -117,8 +117,10 @@ def parse_body(content_type: str | None, body: bytes) -> dict[str, Any]:
         data = json.loads(text)
     except RecursionError:
         raise BadDelivery(400, "too_deep", f"JSON nesting deeper than {MAX_DEPTH} levels", field="body") from None
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise BadDelivery(400, "invalid_json", f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", field="body") from None
+    except ValueError as exc:  # not a JSONDecodeError: an integer longer than Python's 4300-digit limit
+        raise BadDelivery(400, "invalid_json", f"body is not acceptable JSON: {str(exc).split(':')[0][:80]}", field="body") from None
     if not isinstance(data, dict):
         raise BadDelivery(400, "invalid_payload", f"JSON body must be an object, not {type(data).__name__}", field="body")
     if _depth(data, MAX_DEPTH) > MAX_DEPTH:
@@ -154,6 +156,15 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
+def _utf8(text: str) -> bool:
+    # JSON's "\ud800" escapes decode to lone surrogates, which SQLite cannot store as TEXT.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_delivery(
     connection: str,
     spec: ConnectorSpec,
@@ -181,10 +192,12 @@ def parse_delivery(
     if contact_id is None and email is None:
         looked = ", ".join(dict.fromkeys(["query contact_id", "query email", *spec.contact_id_paths, *spec.email_paths, "contact_id", "email"]))
         raise BadDelivery(422, "missing_contact", f"no contact ID or email found (looked at {looked})", field="contact_id")
-    if email is not None and ("@" not in email or len(email) > 254 or any(c.isspace() for c in email)):
+    if email is not None and ("@" not in email or len(email) > 254 or any(c.isspace() for c in email) or not _utf8(email)):
         raise BadDelivery(422, "invalid_email", f"email {email[:60]!r} is not an address", field="email")
     if contact_id is not None and len(contact_id) > 255:
         raise BadDelivery(422, "invalid_contact_id", "contact ID longer than 255 characters", field="contact_id")
+    if contact_id is not None and not _utf8(contact_id):
+        raise BadDelivery(422, "invalid_contact_id", "contact ID is not valid Unicode (lone surrogate)", field="contact_id")
     role = _text(query.get("role"))
     notify = (query.get("send_notification") or "").strip().lower() in TRUE_WORDS
     return Delivery(connection, action, contact_id, email, role, notify, data, operation)
