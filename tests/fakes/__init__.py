@@ -1,0 +1,1 @@
+"""Fakes of the SaaS CRMs, following their documented APIs (shared/reference/crm-apis.md)."""
