@@ -38,8 +38,8 @@ async def test_add_creates_the_user_with_role_mail_tags_and_returns_the_password
     assert wp.meta(user["id"], "customerly_contact_id") == email
     assert len(mail_log.to(email)) == 1
 
-    fetches = [r for r in fake_crm.requests_to("customerly") if r.method == "GET"]
-    assert any(r.path == "/customerly/v1/users" and r.query.get("email") == email for r in fetches)
+    fetches = [r for r in fake_crm.requests_to("customerly") if r.method == "GET" and r.query.get("email") == email]
+    assert fetches and all(r.path == "/customerly/v1/users" for r in fetches)
     assert all(r.headers.get("authorization") == "Bearer cly-test-token" for r in fetches)
     writes = [r for r in fake_crm.requests_to("customerly") if r.method == "POST" and r.json["users"][0]["email"] == email]
     assert len(writes) == 1

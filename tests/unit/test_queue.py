@@ -29,8 +29,13 @@ def store(tmp_path, clock):
     s.close()
 
 
+_serial = iter(range(10**9))
+
+
 async def put(store, contact, action="update", key=None, window=3600):
-    return await store.enqueue(key or f"k{id(object())}{contact}{action}{store.clock()}", window, "c", action, contact, {"n": contact})
+    """Queue a job; each call is a distinct delivery unless ``key`` repeats."""
+    n = next(_serial)
+    return await store.enqueue(key or f"k{n}", window, "c", action, contact, {"contact": contact, "n": n})
 
 
 async def test_enqueued_job_is_on_disk_when_acknowledged(store, tmp_path):
@@ -83,6 +88,7 @@ async def test_waiting_updates_are_coalesced(store):
     add, _ = await put(store, "a", "add")
     [job] = await store.claim(10, 60)
     assert (job.id, job.merged, job.effective_action) == (u1, [u2, u3], "update")
+    assert job.newest_payload == (await store.get_job(u3))["payload"]
     await store.finish(job, {"outcome": "updated"})
     merged = await store.get_job(u3)
     assert merged["status"] == "done" and merged["outcome"]["coalesced_into"] == u1
