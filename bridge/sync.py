@@ -87,7 +87,7 @@ def _upsert_request(ctx: SyncContext, delivery: Delivery, action: str, fields: C
         contact_id_key=spec.contact_id_key,
         # Lets a repeated run learn that this job created the user, so the write-back still
         # happens; costs a meta row, so only sent when something is written back.
-        request_id=f"job-{job.id}" if conn.return_password_field or conn.return_fields else None,
+        request_id=f"{ctx.store.instance_id}-{job.id}" if conn.return_password_field or conn.return_fields else None,
     )
     if action == "update_tags":
         req.create = False

@@ -81,3 +81,19 @@ async def test_a_repeated_identical_delivery_is_one_job(bridge):
     s2, a2 = await bridge.send(customerly_delivery(email), wpf_action="add")
     assert (s1, s2) == (202, 200)
     assert a2 == {"success": True, "job_id": a1["job_id"], "duplicate": True}
+
+
+async def test_a_new_bridge_database_never_claims_an_existing_user_as_created(tmp_path, wp_stack, fake_crm, start_bridge):
+    """Job IDs restart with a new database; the idempotency key sent to WordPress does not, so no second password is written."""
+    email = unique_email("fresh")
+    fake_crm.add_customerly_user(email, attributes={"first_name": "Fresh"})
+    first = await start_bridge(bridge_config(tmp_path, wp_stack, fake_crm, database={"path": str(tmp_path / "a.db")}))
+    _, a1 = await first.send(customerly_delivery(email), wpf_action="add")
+    assert (await first.wait_job(a1["job_id"]))["outcome"]["outcome"] == "created"
+    second = await start_bridge(bridge_config(tmp_path, wp_stack, fake_crm, database={"path": str(tmp_path / "b.db")}))
+    _, a2 = await second.send(customerly_delivery(email), wpf_action="add")
+    assert a2["job_id"] == a1["job_id"]  # both databases start counting at the same place
+    job = await second.wait_job(a2["job_id"])
+    assert job["outcome"]["outcome"] in ("updated", "unchanged") and "written_back" not in job["outcome"]
+    writes = [r for r in fake_crm.requests_to("customerly") if r.method == "POST" and r.json["users"][0]["email"] == email]
+    assert len(writes) == 1

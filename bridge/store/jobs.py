@@ -28,6 +28,7 @@ class JobStore:
         self._writer = writer
         self._lock_fd = lock_fd
         self.clock = clock
+        self.instance_id = ""
 
     @classmethod
     def open(cls, path: Path | str, clock: Callable[[], float] = time.time) -> "JobStore":
@@ -42,9 +43,12 @@ class JobStore:
             raise DatabaseLocked(f"{path} is in use by another wp-sync-bridge process") from None
         conn = connect(path)
         migrate(conn)
+        instance_id = conn.execute("SELECT id FROM instance").fetchone()[0]
         writer = Writer(conn)
         writer.start()
-        return cls(path, writer, lock_fd, clock)
+        store = cls(path, writer, lock_fd, clock)
+        store.instance_id = instance_id
+        return store
 
     def close(self) -> None:
         """Finish pending writes and release the database."""
