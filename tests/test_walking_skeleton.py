@@ -13,9 +13,10 @@ from tests.wp import WordPressProbe
 pytestmark = pytest.mark.wordpress
 
 
-@pytest.fixture
-async def bridge(tmp_path, wp_stack, fake_crm, start_bridge):
-    return await start_bridge(bridge_config(tmp_path, wp_stack, fake_crm))
+@pytest.fixture(params=["rest", "xmlrpc"])
+async def bridge(request, tmp_path, wp_stack, fake_crm, start_bridge):
+    """A bridge on each WordPress transport: the same behaviour is expected from both."""
+    return await start_bridge(bridge_config(tmp_path, wp_stack, fake_crm, transport=request.param))
 
 
 async def test_add_creates_the_user_with_role_mail_tags_and_returns_the_password(bridge, wp_stack, fake_crm, mail_log):
