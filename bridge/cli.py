@@ -57,15 +57,21 @@ def _db(settings: Settings) -> Iterator[Any]:
         conn.close()
 
 
-def _write(conn: Any, fn: Any, *args: Any) -> Any:
+@contextmanager
+def _transaction(conn: Any) -> Iterator[None]:
+    """One write transaction on an operator connection: committed, or rolled back on any error."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        result = fn(conn, *args)
+        yield
         conn.execute("COMMIT")
-        return result
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _write(conn: Any, fn: Any, *args: Any) -> Any:
+    with _transaction(conn):
+        return fn(conn, *args)
 
 
 config_option = click.option("--config", "-c", "config", type=click.Path(dir_okay=False), envvar="WPSB_CONFIG",
@@ -208,7 +214,8 @@ def rejected_replay(config: str | None, ids: tuple[int, ...]) -> None:
     failed = False
     with _db(settings) as conn:
         for rid in ids:
-            ok, message = replay_rejected(conn, settings, rid, time.time())
+            with _transaction(conn):
+                ok, message = replay_rejected(conn, settings, rid, time.time())
             failed |= not ok
             click.echo(f"rejected {rid}: {message}")
     sys.exit(1 if failed else 0)
@@ -279,14 +286,8 @@ def webhooks_register(config: str | None, connection: str, public_url: str | Non
 
     settings = _settings(config)
     url = wh.hook_url(settings, connection, public_url)
-    with _db(settings) as conn:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            remote_id, created = _run(wh.register(conn, settings, connection, url))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    with _db(settings) as conn, _transaction(conn):
+        remote_id, created = _run(wh.register(conn, settings, connection, url))
     shown = url.split("?")[0]
     click.echo(f"{connection}: webhook {remote_id} {'created' if created else 'already registered'} → {shown}")
 
@@ -300,14 +301,8 @@ def webhooks_unregister(config: str | None, connection: str) -> None:
     from bridge import webhooks as wh
 
     settings = _settings(config)
-    with _db(settings) as conn:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            removed = _run(wh.unregister(conn, settings, connection))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    with _db(settings) as conn, _transaction(conn):
+        removed = _run(wh.unregister(conn, settings, connection))
     click.echo(f"{connection}: " + (f"webhook {removed} deleted" if removed else "no webhook registered"))
 
 

@@ -12,7 +12,9 @@ from bridge.store import queue as q
 
 
 def replay_rejected(conn: sqlite3.Connection, settings: Settings, rejected_id: int, now: float) -> tuple[bool, str]:
-    """Parse a kept delivery again with the current settings and queue it: (ok, message)."""
+    """Parse a kept delivery again with the current settings and queue it: (ok, message).
+
+    Runs inside the caller's transaction."""
     row = conn.execute("SELECT * FROM rejected WHERE id = ?", (rejected_id,)).fetchone()
     if row is None:
         return False, "no such rejected delivery"
@@ -29,13 +31,7 @@ def replay_rejected(conn: sqlite3.Connection, settings: Settings, rejected_id: i
         return False, f"still refused: {err.code}: {err.message}"
     if delivery.action == "test":
         return False, "a test delivery has nothing to replay"
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        job_id, duplicate = q.enqueue(conn, now, dedupe_key(connection, query, body, None), settings.server.dedupe_window_s,
-                                      connection, delivery.action, delivery.contact_key, json.dumps(delivery.to_payload()))
-        conn.execute("UPDATE rejected SET replayed_job = ? WHERE id = ?", (job_id, rejected_id))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    job_id, duplicate = q.enqueue(conn, now, dedupe_key(connection, query, body, None), settings.server.dedupe_window_s,
+                                  connection, delivery.action, delivery.contact_key, json.dumps(delivery.to_payload()))
+    conn.execute("UPDATE rejected SET replayed_job = ? WHERE id = ?", (job_id, rejected_id))
     return True, f"queued as job {job_id}" + (" (duplicate of an earlier delivery)" if duplicate else "")
