@@ -616,17 +616,27 @@ function wpsb_op_get_roles( array $args ) {
 }
 
 /**
+ * Check the caller may list users, then validate the lookup arguments.
+ *
+ * @param array $args Raw arguments.
+ * @return array|WP_Error Parsed arguments.
+ */
+function wpsb_authorized_lookup_args( array $args ) {
+	$auth = wpsb_authorize( array( 'list_users' ) );
+	if ( is_wp_error( $auth ) ) {
+		return $auth;
+	}
+	return wpsb_parse_lookup_args( $args );
+}
+
+/**
  * Find one user by contact ID meta, else by exact email.
  *
  * @param array $args email, contact_id, contact_id_key, meta_keys, tags_key.
  * @return array|WP_Error {user: USER|null}
  */
 function wpsb_op_lookup_user( array $args ) {
-	$auth = wpsb_authorize( array( 'list_users' ) );
-	if ( is_wp_error( $auth ) ) {
-		return $auth;
-	}
-	$q = wpsb_parse_lookup_args( $args );
+	$q = wpsb_authorized_lookup_args( $args );
 	if ( is_wp_error( $q ) ) {
 		return $q;
 	}
@@ -648,11 +658,7 @@ function wpsb_op_lookup_user( array $args ) {
  * @return array|WP_Error {outcome: roles_removed|deleted|unchanged|skipped|no_user, user_id, warnings}
  */
 function wpsb_op_delete_user( array $args ) {
-	$auth = wpsb_authorize( array( 'list_users' ) );
-	if ( is_wp_error( $auth ) ) {
-		return $auth;
-	}
-	$q = wpsb_parse_lookup_args( $args );
+	$q = wpsb_authorized_lookup_args( $args );
 	if ( is_wp_error( $q ) ) {
 		return $q;
 	}
