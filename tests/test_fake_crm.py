@@ -415,3 +415,31 @@ async def test_standalone_server_prints_base_urls_and_serves_the_demo_seed(http)
     finally:
         proc.terminate()
         await proc.wait()
+
+
+# ---- recorded-shape samples (tests/samples) ------------------------------------------------------
+
+SAMPLES = ROOT / "tests" / "samples"
+
+
+def _sample(name: str) -> Any:
+    return json.loads((SAMPLES / name).read_text())
+
+
+async def test_samples_keep_the_documented_paths():
+    """Each sample is JSON with the documented contact paths (Customerly data.user.data.email, User.com user.id, ...)."""
+    for name in ("customerly/contact_tagged.json", "customerly/details_updated.json"):
+        assert "@" in _sample(name)["data"]["user"]["data"]["email"]
+    assert isinstance(_sample("usercom/new_user.json")["user"]["id"], int)
+    generic = _sample("generic/contact_event.json")
+    assert generic["event"] == "contact.updated" and generic["contact"]["id"] == "c-42"
+    for operation in ("data_insert", "data_update", "visibility_update", "delete"):
+        rownd = _sample(f"rownd/{operation}.json")
+        assert rownd["meta"]["operation"] == operation
+        assert rownd["meta"]["lookup_values"] == [{"field": "email", "value": "jrose@acme.com"}]
+        assert rownd["data"]["user_id"] == "0e223bd4-1324-49ff-b948-122eeaaa42d1"
+    assert _sample("rownd/visibility_update.json")["redacted"] == ["country"]
+    assert _sample("rownd/visibility_update.json")["data"]["country"] == "<<REDACTED>>"
+    assert set(_sample("rownd/delete.json")["data"]) == {"user_id"}
+    listed = (SAMPLES / "README.md").read_text()
+    assert all(f"`{p.relative_to(SAMPLES)}`" in listed for p in SAMPLES.rglob("*.json"))
