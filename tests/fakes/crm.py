@@ -93,7 +93,10 @@ class FakeCRM:
         self._usercom_tag_ids: dict[str, int] = {}
         self._rownd: dict[tuple[str, str], dict] = {}
         self._generic: dict[str, dict] = {}
-        self._ids = itertools.count(1001)
+        # IDs (Customerly crmhero_user_id, User.com id, webhook id) start from the clock, not at a fixed
+        # number: a WordPress kept running between test sessions still holds the contact IDs of the
+        # last run, and a repeated ID would make a new contact look like an old one.
+        self._ids = itertools.count(int(time.time() * 1000) % 2_000_000_000)
         self._runner: web.AppRunner | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
