@@ -156,3 +156,20 @@ def test_migrations_are_applied_once(tmp_path):
     conn = connect(tmp_path / "m.db")
     v = migrate(conn)
     assert migrate(conn) == v == migrations()[-1][0]
+
+
+async def test_prune_removes_old_done_jobs_and_expired_dedupe_keys(store, clock):
+    """Done jobs past the retention and dedupe keys past the window are deleted; queued and dead jobs stay."""
+    done_id, _ = await put(store, "a", "add", key="old")
+    dead_id, _ = await put(store, "b", "add")
+    jobs = await store.claim(10, 60)
+    await store.finish(jobs[0], {"outcome": "created"})
+    await store.bury(jobs[1], "Permanent: x")
+    clock.t += 100
+    fresh_id, _ = await put(store, "c", "add")
+    removed = await store.call(q.prune, clock.t, 50, 50)
+    assert removed == (1, 2)  # the old done job; the keys of the two old deliveries
+    assert await store.get_job(done_id) is None
+    assert (await store.get_job(dead_id))["status"] == "dead" and (await store.get_job(fresh_id))["status"] == "queued"
+    again, dup = await put(store, "a", "add", key="old")
+    assert dup is False and again != done_id
