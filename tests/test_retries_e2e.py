@@ -44,30 +44,3 @@ async def test_exhausted_retries_go_to_the_dead_letter_state(tmp_path, wp_stack,
     assert "gave up after 3 attempts" in job["last_error"] and "HTTP 502" in job["last_error"]
     assert WordPressProbe(wp_stack).user_count(email) == 0
     fake_crm.clear()
-
-
-async def test_unknown_contact_on_update_ends_as_no_user(tmp_path, wp_stack, fake_crm, start_bridge):
-    """update for a contact with no WordPress user ends with outcome no_user and creates nothing."""
-    b = await start_bridge(bridge_config(tmp_path, wp_stack, fake_crm))
-    email = unique_email("nouser")
-    fake_crm.add_customerly_user(email, tags=["x"])
-    _, answer = await b.send(customerly_delivery(email), wpf_action="update")
-    job = await b.wait_job(answer["job_id"])
-    assert job["status"] == "done" and job["outcome"]["outcome"] == "no_user"
-    assert WordPressProbe(wp_stack).user_count(email) == 0
-
-
-async def test_update_tags_writes_only_tags(tmp_path, wp_stack, fake_crm, start_bridge):
-    """update_tags changes the tags and nothing else, even when other CRM fields changed."""
-    b = await start_bridge(bridge_config(tmp_path, wp_stack, fake_crm))
-    email = unique_email("tagsonly")
-    fake_crm.add_customerly_user(email, attributes={"first_name": "Old"}, tags=["a"])
-    _, a1 = await b.send(customerly_delivery(email), wpf_action="add")
-    await b.wait_job(a1["job_id"])
-    fake_crm.add_customerly_user(email, attributes={"first_name": "New"}, tags=["a", "b"])
-    _, a2 = await b.send(customerly_delivery(email) | {"n": 2}, wpf_action="update_tags")
-    job = await b.wait_job(a2["job_id"])
-    assert job["outcome"]["changed"] == ["tags"]
-    wp = WordPressProbe(wp_stack)
-    [user] = await wp.users_with_email(email)
-    assert user["first_name"] == "Old" and wp.meta(user["id"], "customerly_tags") == ["a", "b"]
