@@ -549,6 +549,23 @@ async def test_secrets_never_reach_the_log_or_the_answers(tmp_path):
         assert all(secret not in a.text for a in answers)
 
 
+# --- samples for field discovery ------------------------------------------------------------------------
+
+
+async def test_each_new_delivery_shape_is_sampled_once_and_masked(tmp_path):
+    """Deliveries of a known shape add no sample; a new shape adds one, with password-like values masked."""
+    async with serving(tmp_path / "bridge.db") as s:
+        for _ in range(3):
+            assert_accepted(await s.send(customerly(new_email(), name="Ada")))
+        assert s.count("samples") == 1
+        assert_accepted(await s.send(customerly(new_email(), name="Ada", password="hunter2-secret")))
+        assert_accepted(await s.send(customerly(new_email(), password="hunter2-secret", name="Ada")))  # same shape, keys reordered
+        rows = s.rows("SELECT body FROM samples ORDER BY id")
+        assert len(rows) == 2
+        assert json.loads(rows[1]["body"])["data"]["user"]["data"]["password"] == "***"
+        assert all("hunter2" not in row["body"] for row in rows)
+
+
 # --- replay of a rejected delivery ------------------------------------------------------------------
 
 

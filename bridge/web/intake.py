@@ -26,6 +26,7 @@ from bridge.web.throttle import FailureThrottle
 
 log = structlog.get_logger("bridge.intake")
 MAX_SHAPES = 1000
+FINGERPRINT_MAX_BYTES = 4096
 
 
 def json_error(err: BadDelivery, headers: dict[str, str] | None = None) -> web.Response:
@@ -47,6 +48,7 @@ class Intake:
         self.keys = [k.get_secret_value() for k in settings.server.access_keys]
         self.throttle = FailureThrottle(settings.server.auth_failures_per_min, settings.server.auth_tracker_size, time.monotonic)
         self._shapes: set[tuple[str, str]] = set()
+        self._fingerprints: set[tuple[str, Any]] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Answer one delivery; never raises for bad input."""
@@ -83,6 +85,8 @@ class Intake:
         limit = self.settings.server.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise BadDelivery(413, "body_too_large", f"body of {request.content_length} bytes is over the limit of {limit}", field="body")
+        if request.content_length is not None:  # within the limit (checked above): read it in one go
+            return await request.read()
         chunks, size = [], 0
         async for chunk in request.content.iter_chunked(64 * 1024):
             size += len(chunk)
@@ -114,16 +118,35 @@ class Intake:
         self.on_enqueued()
         self.metrics.delivery(connection, "accepted")
         log.info("delivery.accepted", connection=connection, job_id=job_id, action=delivery.action)
-        await self._maybe_sample(connection, delivery.body)
-        return web.json_response({"success": True, "job_id": job_id, "status": "queued"}, status=202)
+        await self._maybe_sample(connection, delivery.body, len(body))
+        # The bytes json_response would send, without encoding a dict per delivery.
+        return web.Response(body=b'{"success": true, "job_id": %d, "status": "queued"}' % job_id, status=202,
+                            content_type="application/json")
 
-    async def _maybe_sample(self, connection: str, body: dict[str, Any]) -> None:
+    async def _maybe_sample(self, connection: str, body: dict[str, Any], size: int) -> None:
         """Keep a masked copy of each new shape of delivery for ``wp-sync-bridge discover``."""
         keep = self.settings.server.samples_per_connection
-        if not keep or not body:
+        if not keep or not body or len(self._shapes) >= MAX_SHAPES:
             return
+        # shape() hashes every leaf path; a keys-only fingerprint costs a quarter of that, so a
+        # fingerprint seen before skips it. Only small bodies' fingerprints are kept (bounded memory).
+        if size <= FINGERPRINT_MAX_BYTES:
+            seen = (connection, _fingerprint(body))
+            if seen in self._fingerprints:
+                return
+            if len(self._fingerprints) < MAX_SHAPES:
+                self._fingerprints.add(seen)
         key = (connection, shape(body))
-        if key in self._shapes or len(self._shapes) >= MAX_SHAPES:
+        if key in self._shapes:
             return
         self._shapes.add(key)
         await self.store.call(q.keep_sample, self.clock(), connection, json.dumps(mask(body)), keep)
+
+
+def _fingerprint(value: Any) -> Any:
+    """The document's keys and nesting, without its values: equal fingerprints mean equal shapes."""
+    if isinstance(value, dict):
+        return tuple([(k, _fingerprint(v)) for k, v in value.items()])
+    if isinstance(value, list):
+        return (list, *[_fingerprint(v) for v in value])
+    return None
