@@ -61,7 +61,7 @@ def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=False,  # configure() may run again (tests, CLI)
     )
     # aiohttp's access log would print query strings, i.e. access keys: keep it quiet.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

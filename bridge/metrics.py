@@ -13,10 +13,15 @@ class Metrics:
         self.deliveries = Counter("wpsb_deliveries", "Webhook deliveries by result", ["connection", "result"], registry=self.registry)
         self.jobs = Counter("wpsb_jobs", "Finished job runs by outcome", ["connection", "outcome"], registry=self.registry)
         self.job_seconds = Histogram("wpsb_job_duration_seconds", "Duration of successful job runs", ["connection"], registry=self.registry)
+        self._delivery_children: dict[tuple[str, str], object] = {}
         self.queue = Gauge("wpsb_jobs_in_state", "Jobs per state at the last scrape", ["state"], registry=self.registry)
 
     def delivery(self, connection: str | None, result: str) -> None:
-        self.deliveries.labels(connection or "-", result).inc()
+        key = (connection or "-", result)
+        child = self._delivery_children.get(key)
+        if child is None:  # labels() takes a lock and builds a tuple: once per pair, not per delivery
+            child = self._delivery_children[key] = self.deliveries.labels(*key)
+        child.inc()
 
     def job_done(self, connection: str, outcome: str, duration_s: float) -> None:
         self.jobs.labels(connection, outcome).inc()
