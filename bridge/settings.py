@@ -39,6 +39,8 @@ class ServerSettings(_Section):
     # Failed-key throttling per client address; the table holds at most this many addresses.
     auth_failures_per_min: int = Field(20, gt=0)
     auth_tracker_size: int = Field(10_000, gt=0)
+    # Proxies (e.g. the TLS terminator) whose X-Forwarded-For names the real client.
+    trusted_proxies: list[str] = Field(default_factory=list)
     signature_tolerance_s: int = Field(300, gt=0)
     samples_per_connection: int = Field(5, ge=0)
     # The address CRMs reach the bridge at (behind the TLS proxy), for `webhooks register`.

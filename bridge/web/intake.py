@@ -22,7 +22,7 @@ from bridge.metrics import Metrics
 from bridge.settings import Settings
 from bridge.store import queue as q
 from bridge.store.jobs import JobStore
-from bridge.web.throttle import FailureThrottle
+from bridge.web.throttle import FailureThrottle, client_address
 
 log = structlog.get_logger("bridge.intake")
 MAX_SHAPES = 1000
@@ -46,13 +46,14 @@ class Intake:
         self.clock = clock
         self.specs = {name: conn.spec() for name, conn in settings.connections.items()}
         self.keys = [k.get_secret_value() for k in settings.server.access_keys]
+        self.trusted_proxies = frozenset(settings.server.trusted_proxies)
         self.throttle = FailureThrottle(settings.server.auth_failures_per_min, settings.server.auth_tracker_size, time.monotonic)
         self._shapes: set[tuple[str, str]] = set()
         self._fingerprints: set[tuple[str, Any]] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Answer one delivery; never raises for bad input."""
-        address = request.remote or "-"
+        address = client_address(request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
         wait_s = self.throttle.blocked(address)
         if wait_s is not None:
             self.metrics.delivery(None, "throttled")

@@ -6,6 +6,17 @@ from collections import OrderedDict
 from typing import Callable
 
 
+def client_address(remote: str | None, forwarded_for: str | None, trusted_proxies: frozenset[str]) -> str:
+    """The address to throttle: the peer, or, when the peer is a trusted proxy, the nearest
+    untrusted address in X-Forwarded-For (behind a TLS proxy every CRM shares the proxy's address)."""
+    address = remote or "-"
+    if address in trusted_proxies and forwarded_for:
+        for hop in reversed([h.strip() for h in forwarded_for.split(",")]):
+            if hop and hop not in trusted_proxies:
+                return hop
+    return address
+
+
 class FailureThrottle:
     """Counts failures per address in fixed one-minute windows; at most ``max_addresses`` tracked
     (least recently failing forgotten first), so a flood of addresses cannot exhaust memory."""

@@ -85,3 +85,15 @@ async def test_long_retry_after_is_left_to_the_queue():
     with pytest.raises(RateLimited):
         await run()
     assert calls == 1
+
+
+def test_client_address_behind_a_trusted_proxy():
+    """Behind a trusted proxy the throttle keys on the forwarded client, never on a spoofable header otherwise."""
+    from bridge.web.throttle import client_address
+
+    proxies = frozenset({"127.0.0.1"})
+    assert client_address("127.0.0.1", "203.0.113.9, 127.0.0.1", proxies) == "203.0.113.9"
+    assert client_address("127.0.0.1", "6.6.6.6, 203.0.113.9", proxies) == "203.0.113.9"
+    assert client_address("198.51.100.7", "203.0.113.9", proxies) == "198.51.100.7"
+    assert client_address("127.0.0.1", None, proxies) == "127.0.0.1"
+    assert client_address(None, None, frozenset()) == "-"
