@@ -51,15 +51,19 @@ class SyncContext:
         return self._roles
 
 
-async def _record(ctx: SyncContext, crm: CrmClient, delivery: Delivery, fetch: bool) -> dict[str, Any] | None:
-    """The contact record: fetched from the CRM when the connector can, else taken from the delivery."""
+async def _record(crm: CrmClient, delivery: Delivery, fetch: bool) -> tuple[dict[str, Any], bool]:
+    """The contact record and whether the CRM knows the contact: fetched from the CRM when the
+    connector can, else (or when the CRM has no such contact) taken from the delivery."""
     spec = crm.spec
     from_delivery = get_path(delivery.body, spec.record_path) if spec.record_path else delivery.body
     if spec.fetch is not None and fetch:
         record = await crm.fetch_contact(delivery.contact_id, delivery.email)
         if record is not None:
-            return record
-    return from_delivery if isinstance(from_delivery, dict) and from_delivery else None
+            return record, True
+        known = False
+    else:
+        known = True
+    return (from_delivery if isinstance(from_delivery, dict) else {}), known
 
 
 def _write_back_fields(conn_settings, password: str | None, result: UpsertResult) -> dict[str, Any]:
@@ -121,13 +125,13 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
     if action == "delete":
         return await _delete(ctx, conn, crm, delivery)
 
-    record = await _record(ctx, crm, delivery, fetch=conn.fetch_contact)
-    fields = map_record(crm.spec, record or {}, redacted_fields(crm.spec, delivery.body))
+    record, known = await _record(crm, delivery, fetch=conn.fetch_contact)
+    fields = map_record(crm.spec, record, redacted_fields(crm.spec, delivery.body))
     email = fields.user_email or delivery.email
     if not email:
+        if not known:  # the CRM has no such contact and the delivery says too little: nothing to sync
+            return {"outcome": "not_in_crm", "action": action}
         raise Permanent("bridge", "the contact has no email address (neither in the CRM record nor in the delivery)")
-    if record is None and action != "update_tags" and not delivery.email:
-        return {"outcome": "not_in_crm"}
 
     roles = await ctx.site_roles()
     wp = ctx.settings.wordpress

@@ -67,3 +67,13 @@ async def test_update_changes_the_role_only_when_given_and_records_fallbacks(tmp
     job = await b.wait_job(a3["job_id"])
     assert any("Wizard" in w for w in job["outcome"]["warnings"])
     assert (await wp.user(user["id"]))["roles"] == ["subscriber"]
+
+
+async def test_a_contact_the_crm_does_not_know_ends_as_not_in_crm(tmp_path, wp_stack, fake_crm, start_bridge):
+    """User.com sends only an ID the CRM answers 404 for: the job ends not_in_crm, nothing is created, nothing retried."""
+    from tests.test_connectors_e2e import connections
+
+    b = await start_bridge(bridge_config(tmp_path, wp_stack, fake_crm, connections=connections(fake_crm)))
+    _, answer = await b.send({"user": {"id": 987654321}}, path="/hooks/usercom")
+    job = await b.wait_job(answer["job_id"])
+    assert job["status"] == "done" and job["attempts"] == 1 and job["outcome"]["outcome"] == "not_in_crm"
