@@ -155,3 +155,26 @@ async def test_bad_application_password_is_auth_failed(wp_stack):
                 await client.status()
         finally:
             await client.close()
+
+
+async def test_contact_id_finds_the_user_after_an_email_change(wp, probe):
+    """The CRM contact ID links the user (through the plugin's contact index): a new email updates the same account."""
+    old, new = unique_email("moved"), unique_email("moved")
+    contact = "C-" + old.split("@")[0]
+    first = await wp.upsert(req(old, contact_id=contact))
+    second = await wp.upsert(req(new, contact_id=contact))
+    assert first.created and not second.created and second.user_id == first.user_id and "email" in second.changed
+    assert probe.user_count(old) == 0 and probe.user_count(new) == 1
+    found = await wp.lookup(contact_id=contact, contact_id_key="customerly_contact_id")
+    assert found["id"] == first.user_id and found["email"] == new
+
+
+async def test_contact_index_follows_deletes(wp, probe):
+    """After the user is deleted, the same contact ID creates a new account instead of pointing at the old one."""
+    email = unique_email("reborn")
+    contact = "C-" + email.split("@")[0]
+    first = await wp.upsert(req(email, contact_id=contact))
+    gone = await wp.delete({"email": email, "policy": "delete", "reassign_to": 1})
+    assert gone["outcome"] == "deleted"
+    again = await wp.upsert(req(email, contact_id=contact))
+    assert again.created and again.user_id != first.user_id
