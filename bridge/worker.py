@@ -93,20 +93,27 @@ class Worker:
     async def _run(self, job: Job) -> None:
         bound = log.bind(job_id=job.id, connection=job.connection, action=job.effective_action, attempt=job.attempts)
         started = time.monotonic()
+        error: Exception | None = None
         try:
             outcome = await run_job(self.ctx, job)
         except asyncio.CancelledError:
+            self._running.pop(job.id, None)
             raise
         except Exception as exc:  # every failure is recorded on the job, none kills the worker
-            await self._failed(job, exc, bound)
+            error = exc
+        # The remote work is over: free the slot before recording the result, so the next claim
+        # can share its commit. Order still holds: until the result is committed this job is
+        # 'running' in the database, which keeps its contact's next job unclaimable.
+        self._running.pop(job.id, None)
+        self._wake.set()
+        if error is not None:
+            await self._failed(job, error, bound)
         else:
             await self.store.finish(job, outcome)
             self.metrics.job_done(job.connection, outcome.get("outcome", "done"), time.monotonic() - started)
             bound.info("job.done", outcome=outcome.get("outcome"), user_id=outcome.get("user_id"),
                        coalesced=len(job.merged) or None, warnings=outcome.get("warnings") or None)
-        finally:
-            self._running.pop(job.id, None)
-            self._wake.set()
+        self._wake.set()
 
     async def _failed(self, job: Job, exc: Exception, bound: Any) -> None:
         error = f"{type(exc).__name__}: {exc}"
