@@ -7,6 +7,7 @@ string value, so a secret that slips into an error message still does not reach 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -15,6 +16,7 @@ from typing import Any, Iterable
 import structlog
 
 MASK = "***"
+_PLAIN = (int, float, bool)
 SECRET_KEY = re.compile(r"pass(word)?|secret|token|access_key|authorization|api_key|app_key|credential", re.I)
 
 
@@ -23,6 +25,7 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: list[str] = []
+        self._secret_key: dict[Any, bool] = {}  # memo of SECRET_KEY per key name (event keys are few)
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
@@ -30,14 +33,39 @@ class Redactor:
         merged = {s for s in (*self._secrets, *secrets) if s and len(s) >= 4}
         self._secrets = sorted(merged, key=len, reverse=True)
 
+    def _is_secret_key(self, key: Any) -> bool:
+        hit = self._secret_key.get(key)
+        if hit is None:
+            hit = SECRET_KEY.search(str(key)) is not None
+            if len(self._secret_key) < 4096:
+                self._secret_key[key] = hit
+        return hit
+
     def scrub(self, value: Any) -> Any:
-        if isinstance(value, str):
+        # One log event per delivery goes through here: the common shapes (flat dicts of strings and
+        # numbers) take the short paths.
+        kind = type(value)
+        if kind is str:
             for secret in self._secrets:
                 if secret in value:
                     value = value.replace(secret, MASK)
             return value
-        if isinstance(value, dict):
-            return {k: (MASK if SECRET_KEY.search(str(k)) and v else self.scrub(v)) for k, v in value.items()}
+        if kind is dict or isinstance(value, dict):
+            out = {}
+            secrets, memo = self._secrets, self._secret_key
+            for k, v in value.items():
+                if v and (memo[k] if k in memo else self._is_secret_key(k)):
+                    out[k] = MASK
+                elif type(v) is str:
+                    for secret in secrets:
+                        if secret in v:
+                            v = v.replace(secret, MASK)
+                    out[k] = v
+                elif v is None or type(v) in _PLAIN:
+                    out[k] = v
+                else:
+                    out[k] = self.scrub(v)
+            return out
         if isinstance(value, (list, tuple)):
             return [self.scrub(v) for v in value]
         return value
@@ -46,10 +74,17 @@ class Redactor:
         return self.scrub(event)
 
 
+_JSON = json.JSONEncoder(default=repr)  # one encoder for every event (json.dumps(default=...) builds one per call)
+
+
+def _to_json(event: dict[str, Any], **_: Any) -> str:
+    return _JSON.encode(event)
+
+
 def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (), stream: Any = None) -> Redactor:
     """Configure structlog and the standard library logging; return the redactor to feed secrets."""
     redactor = Redactor(secrets)
-    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    renderer = structlog.processors.JSONRenderer(serializer=_to_json) if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

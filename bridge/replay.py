@@ -32,6 +32,6 @@ def replay_rejected(conn: sqlite3.Connection, settings: Settings, rejected_id: i
     if delivery.action == "test":
         return False, "a test delivery has nothing to replay"
     job_id, duplicate = q.enqueue(conn, now, dedupe_key(connection, query, body, None), settings.server.dedupe_window_s,
-                                  connection, delivery.action, delivery.contact_key, json.dumps(delivery.to_payload()))
+                                  connection, delivery.action, delivery.contact_key, delivery.payload_json())
     conn.execute("UPDATE rejected SET replayed_job = ? WHERE id = ?", (job_id, rejected_id))
     return True, f"queued as job {job_id}" + (" (duplicate of an earlier delivery)" if duplicate else "")

@@ -21,6 +21,7 @@ ACTION_ALIASES = {"add_user": "add", "update_user": "update"}
 QUEUED_ACTIONS = ("add", "update", "update_tags", "delete")
 KNOWN_ACTIONS = (*QUEUED_ACTIONS, "test", *ACTION_ALIASES)
 MAX_DEPTH = 32
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # reused: json.dumps with options builds one per call
 TRUE_WORDS = {"1", "true", "yes", "on"}
 # Query parameters that never take part in a dedupe key or get stored: they are credentials.
 SECRET_PARAMS = frozenset({"access_key"})
@@ -38,6 +39,8 @@ class Delivery:
     send_notification: bool = False
     body: dict[str, Any] = field(default_factory=dict)
     operation: str | None = None
+    # The body's JSON text as received, when it was JSON: stored as is instead of re-encoded.
+    body_json: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def contact_key(self) -> str:
@@ -58,6 +61,15 @@ class Delivery:
             "operation": self.operation,
             "body": self.body,
         }
+
+    def payload_json(self) -> str:
+        """``to_payload()`` as compact JSON text; a JSON body's own text is reused, not re-encoded
+        (it was just parsed, so it is valid JSON; ``from_payload`` reads back the same values)."""
+        if self.body_json is None:
+            return _COMPACT.encode(self.to_payload())
+        head = self.to_payload()
+        del head["body"]
+        return _COMPACT.encode(head)[:-1] + ',"body":' + self.body_json + "}"
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> "Delivery":
@@ -97,15 +109,20 @@ def _depth(value: Any, limit: int) -> int:
 
 def parse_body(content_type: str | None, body: bytes) -> dict[str, Any]:
     """Decode a JSON or form body into an object; raises BadDelivery (400/415) naming the problem."""
+    return _decode_body(content_type, body)[0]
+
+
+def _decode_body(content_type: str | None, body: bytes) -> tuple[dict[str, Any], str | None]:
+    """The body as an object, and its text when that text is a JSON object."""
     if not body.strip():
-        return {}
+        return {}, None
     mime = (content_type or "").split(";")[0].strip().lower()
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadDelivery(400, "invalid_encoding", f"body is not valid UTF-8 (byte {exc.start})", field="body") from None
     if mime == "application/x-www-form-urlencoded":
-        return dict(parse_qsl(text, keep_blank_values=True))
+        return dict(parse_qsl(text, keep_blank_values=True)), None
     if mime not in ("", "application/json", "text/json") and not mime.endswith("+json"):
         raise BadDelivery(
             415,
@@ -123,9 +140,10 @@ def parse_body(content_type: str | None, body: bytes) -> dict[str, Any]:
         raise BadDelivery(400, "invalid_json", f"body is not acceptable JSON: {str(exc).split(':')[0][:80]}", field="body") from None
     if not isinstance(data, dict):
         raise BadDelivery(400, "invalid_payload", f"JSON body must be an object, not {type(data).__name__}", field="body")
-    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
+    # Nesting needs an opening bracket per level: a body with few brackets needs no walk.
+    if text.count("{") + text.count("[") > MAX_DEPTH and _depth(data, MAX_DEPTH) > MAX_DEPTH:
         raise BadDelivery(400, "too_deep", f"JSON nesting deeper than {MAX_DEPTH} levels", field="body")
-    return data
+    return data, text
 
 
 def _action_for(spec: ConnectorSpec, query: Mapping[str, str], body: dict[str, Any]) -> tuple[str, str | None]:
@@ -178,7 +196,7 @@ def parse_delivery(
     connector's default. The contact comes from the ``contact_id``/``email`` query parameters,
     else the connector's JSON paths.
     """
-    data = parse_body(content_type, body)
+    data, text = _decode_body(content_type, body)
     action, operation = _action_for(spec, query, data)
     if action == "test":
         return Delivery(connection, "test", None, None, body=data)
@@ -200,7 +218,7 @@ def parse_delivery(
         raise BadDelivery(422, "invalid_contact_id", "contact ID is not valid Unicode (lone surrogate)", field="contact_id")
     role = _text(query.get("role"))
     notify = (query.get("send_notification") or "").strip().lower() in TRUE_WORDS
-    return Delivery(connection, action, contact_id, email, role, notify, data, operation)
+    return Delivery(connection, action, contact_id, email, role, notify, data, operation, text)
 
 
 def dedupe_key(connection: str, query: Mapping[str, str], body: bytes, webhook_id: str | None) -> str:

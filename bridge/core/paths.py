@@ -13,6 +13,7 @@ Kept deliberately small so a configuration stays readable; all functions are pur
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 _STEP = re.compile(r"^(?P<key>[^\[\]]*)(?:\[(?P<sel>[^\]]*)\])?$")
@@ -27,6 +28,12 @@ _MISSING = object()
 
 def split_path(path: str) -> list[tuple[str, str | None]]:
     """Split a path into (key, selector) steps; raises PathError on bad syntax."""
+    return list(_split(path))
+
+
+@lru_cache(maxsize=4096)
+def _split(path: str) -> tuple[tuple[str, str | None], ...]:
+    # Paths come from configuration (a few dozen): every delivery looks the same ones up.
     if not path or path.strip() != path:
         raise PathError(f"invalid path {path!r}")
     steps = []
@@ -38,7 +45,7 @@ def split_path(path: str) -> list[tuple[str, str | None]]:
         if sel is not None and sel != "" and "=" not in sel:
             raise PathError(f"selector [{sel}] in {path!r} must be [] or [key=value]")
         steps.append((m.group("key"), sel))
-    return steps
+    return tuple(steps)
 
 
 def _step(value: Any, key: str) -> Any:
@@ -67,7 +74,7 @@ def _select(value: Any, sel: str) -> Any:
 def get_path(document: Any, path: str, default: Any = None) -> Any:
     """Return the value at ``path`` in ``document`` or ``default`` when any step is missing."""
     value: Any = document
-    steps = split_path(path)
+    steps = _split(path)
     for i, (key, sel) in enumerate(steps):
         value = _step(value, key)
         if value is _MISSING:

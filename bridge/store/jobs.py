@@ -1,5 +1,5 @@
-"""``JobStore``: the asyncio face of the database. Every write goes through the group-commit writer;
-an awaited call has returned only once its transaction is on disk."""
+"""``JobStore``: the asyncio face of the database. Every call goes through the group-commit writer
+process (``bridge.store.writer``); an awaited call has returned only once its transaction is on disk."""
 
 from __future__ import annotations
 
@@ -41,11 +41,19 @@ class JobStore:
         except BlockingIOError:
             os.close(lock_fd)
             raise DatabaseLocked(f"{path} is in use by another wp-sync-bridge process") from None
-        conn = connect(path)
-        migrate(conn)
-        instance_id = conn.execute("SELECT id FROM instance").fetchone()[0]
-        writer = Writer(conn)
-        writer.start()
+        try:
+            conn = connect(path)
+            try:
+                migrate(conn)
+                instance_id = conn.execute("SELECT id FROM instance").fetchone()[0]
+            finally:
+                conn.close()
+            writer = Writer(path)
+            writer.start()
+        except BaseException:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
+            raise
         store = cls(path, writer, lock_fd, clock)
         store.instance_id = instance_id
         return store
@@ -63,12 +71,11 @@ class JobStore:
         return await self._writer.run(fn, *args)
 
     async def enqueue(self, dedupe_key: str, window_s: float, connection: str, action: str,
-                      contact_key: str, payload: dict[str, Any]) -> tuple[int, bool]:
-        """Durably queue a job (or find the duplicate): (job_id, duplicate)."""
-        return await self._writer.run(
-            q.enqueue, self.clock(), dedupe_key, window_s, connection, action, contact_key,
-            json.dumps(payload, separators=(",", ":")),
-        )
+                      contact_key: str, payload: dict[str, Any] | str) -> tuple[int, bool]:
+        """Durably queue a job (or find the duplicate): (job_id, duplicate). ``payload`` as a dict or JSON text."""
+        if not isinstance(payload, str):
+            payload = json.dumps(payload, separators=(",", ":"))
+        return await self._writer.run(q.enqueue, self.clock(), dedupe_key, window_s, connection, action, contact_key, payload)
 
     async def reject(self, **fields: Any) -> int:
         """Keep a rejected delivery (see ``queue.reject``)."""

@@ -48,6 +48,8 @@ class Intake:
         self.keys = [k.get_secret_value() for k in settings.server.access_keys]
         self.trusted_proxies = frozenset(settings.server.trusted_proxies)
         self.throttle = FailureThrottle(settings.server.auth_failures_per_min, settings.server.auth_tracker_size, time.monotonic)
+        # Bound once (after logging is configured), not per delivery through the lazy proxy.
+        self.log = log.bind()
         self._shapes: set[tuple[str, str]] = set()
         self._fingerprints: set[tuple[str, Any]] = set()
 
@@ -63,7 +65,7 @@ class Intake:
         if not key_matches(provided, self.keys):
             self.throttle.failed(address)
             self.metrics.delivery(None, "forbidden")
-            log.warning("delivery.forbidden", remote=address, key_given=bool(provided))
+            self.log.warning("delivery.forbidden", remote=address, key_given=bool(provided))
             return json_error(BadDelivery(403, "invalid_access_key", "Invalid Access Key" if provided else "access_key is missing", field="access_key"))
         connection = request.match_info.get("connection") or request.query.get("connection") or self.settings.default_connection()
         query = dict(request.query)
@@ -79,7 +81,7 @@ class Intake:
                                     method=request.method, query=public_query(query),
                                     content_type=request.headers.get("Content-Type"), body=body)
             self.metrics.delivery(connection, err.code)
-            log.info("delivery.rejected", connection=connection, status=err.status, reason=err.code, detail=err.message)
+            self.log.info("delivery.rejected", connection=connection, status=err.status, reason=err.code, detail=err.message)
             return json_error(err)
 
     async def _read_body(self, request: web.Request) -> bytes:
@@ -110,15 +112,17 @@ class Intake:
             return web.json_response({"success": True})
         key = dedupe_key(connection, query, body, request.headers.get("webhook-id"))
         job_id, duplicate = await self.store.enqueue(
-            key, self.settings.server.dedupe_window_s, connection, delivery.action, delivery.contact_key, delivery.to_payload()
+            key, self.settings.server.dedupe_window_s, connection, delivery.action, delivery.contact_key, delivery.payload_json()
         )
         if duplicate:
             self.metrics.delivery(connection, "duplicate")
-            log.info("delivery.duplicate", connection=connection, job_id=job_id)
+            self.log.info("delivery.duplicate", connection=connection, job_id=job_id)
             return web.json_response({"success": True, "job_id": job_id, "duplicate": True}, status=200)
         self.on_enqueued()
         self.metrics.delivery(connection, "accepted")
-        log.info("delivery.accepted", connection=connection, job_id=job_id, action=delivery.action)
+        # debug, not info: at thousands of deliveries a second one line each is noise, and every job
+        # ends in an info line of its own (job.done / job.retry_scheduled / job.dead) with the same id.
+        self.log.debug("delivery.accepted", connection=connection, job_id=job_id, action=delivery.action)
         await self._maybe_sample(connection, delivery.body, len(body))
         # The bytes json_response would send, without encoding a dict per delivery.
         return web.Response(body=b'{"success": true, "job_id": %d, "status": "queued"}' % job_id, status=202,

@@ -100,6 +100,22 @@ def test_payload_round_trip():
     assert Delivery.from_payload(json.loads(json.dumps(d.to_payload()))) == d
 
 
+@pytest.mark.parametrize("raw, ctype", [
+    (b'{ "data" : {"user": {"data": {"email": "\\u00e9l\\u00e8ve@example.com", "n": [1, 2.5e3, null, true]}}},\n "x": "\\ud800"}', JSON),
+    ('{"data":{"user":{"data":{"email":"zo\u00eb@example.com","name":"\U0001f600 \\" quote"}}}}'.encode(), JSON),
+    (b"email=a%2Bb%40example.com&first_name=Al", "application/x-www-form-urlencoded"),
+    (b"", JSON),
+])
+def test_stored_payload_text_reads_back_as_the_same_delivery(raw, ctype):
+    """payload_json() reuses a JSON body's own text instead of re-encoding it; it must read back
+    exactly as to_payload() would (whitespace, escapes, lone surrogates, numbers, form bodies)."""
+    query = {"wpf_action": "add", "email": "q@example.com"} if not raw or ctype != JSON else {"wpf_action": "add"}
+    d = parse_delivery("c", CUSTOMERLY, query, ctype, raw)
+    stored = json.loads(d.payload_json())
+    assert stored == json.loads(json.dumps(d.to_payload()))
+    assert Delivery.from_payload(stored) == d
+
+
 def test_dedupe_key_ignores_the_access_key_and_prefers_webhook_id():
     """Rotating the key does not defeat de-duplication; webhook-id wins when given."""
     a = dedupe_key("c", {"wpf_action": "add", "access_key": "k1"}, b"{}", None)

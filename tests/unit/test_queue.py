@@ -116,18 +116,68 @@ async def test_bury_erases_the_secret(store):
     assert row["status"] == "dead" and row["last_error"] == "Permanent: bad data" and row["has_secret"] is False
 
 
+def boom(conn):
+    """A store call that writes, then fails (module level: calls are pickled by name to the writer process)."""
+    conn.execute("INSERT INTO samples (connection, received_at, body) VALUES ('x', 0, '{}')")
+    raise ValueError("nope")
+
+
+def count_samples(conn):
+    return conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+
+
+class Unpicklable(Exception):
+    def __init__(self, a, b):  # pickling re-creates it with one argument: fails
+        super().__init__(f"{a}/{b}")
+
+
+def raise_unpicklable(conn):
+    raise Unpicklable("x", "y")
+
+
 async def test_a_failing_call_does_not_undo_its_batch_neighbours(store):
     """Group commit: one call raising inside a batch leaves the others committed."""
     import asyncio
 
-    def boom(conn):
-        conn.execute("INSERT INTO samples (connection, received_at, body) VALUES ('x', 0, '{}')")
-        raise ValueError("nope")
-
     results = await asyncio.gather(put(store, "a", "add"), store.call(boom), put(store, "b", "add"), return_exceptions=True)
-    assert isinstance(results[1], ValueError)
+    assert isinstance(results[1], ValueError) and str(results[1]) == "nope"
     assert (await store.counts())["queued"] == 2
-    assert await store.call(lambda conn: conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0]) == 0
+    assert await store.call(count_samples) == 0
+
+
+async def test_an_error_that_cannot_cross_to_the_parent_is_named(store):
+    with pytest.raises(RuntimeError, match="Unpicklable: x/y"):
+        await store.call(raise_unpicklable)
+    assert (await store.counts())["queued"] == 0
+
+
+async def test_a_killed_writer_process_fails_calls_in_flight_and_is_replaced(store):
+    """The writer child dies: the waiting call gets WriterUnavailable (intake answers 503), the next starts a new child."""
+    import os
+    import signal
+
+    from bridge.store.writer import WriterUnavailable
+
+    await put(store, "a", "add")
+    writer = store._writer
+    first = writer._proc
+    os.kill(first.pid, signal.SIGKILL)
+    with pytest.raises(WriterUnavailable):
+        await put(store, "b", "add")
+    assert first.wait(5) == -signal.SIGKILL
+    await put(store, "c", "add")
+    assert writer._proc is not first and writer._proc.poll() is None
+    assert (await store.counts())["queued"] == 2  # a, c: b was never acknowledged
+
+
+async def test_closing_the_store_ends_the_writer_process(tmp_path):
+    s = JobStore.open(tmp_path / "w.db")
+    await put(s, "a", "add")
+    proc = s._writer._proc
+    s.close()
+    assert proc.poll() == 0  # exited by itself on EOF, after committing and checkpointing
+    with sqlite3.connect(tmp_path / "w.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 1
 
 
 def test_second_process_on_the_same_file_is_refused(tmp_path):
