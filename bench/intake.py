@@ -1,6 +1,6 @@
 """Durable intake benchmark: the bridge's webhook intake against a bare aiohttp handler, same run.
 
-    python bench/intake.py [--duration-s 5] [--connections 32] [--rounds 2] [--uvloop]
+    python bench/intake.py [--duration-s 5] [--connections 32] [--rounds 3] [--uvloop]
 
 In ONE process and on the same event loop implementation, two servers on 127.0.0.1:
   bare    an aiohttp handler that reads the body and answers 202 without storing anything;
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration-s", type=float, default=5.0, help="measured seconds per run (default 5)")
     p.add_argument("--warmup-s", type=float, default=1.0, help="unmeasured seconds before each run (default 1)")
     p.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections (default 32)")
-    p.add_argument("--rounds", type=int, default=2, help="alternating bare/bridge rounds (default 2)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating bare/bridge rounds (default 3; the medians are reported)")
     p.add_argument("--uvloop", action="store_true", help="serve both on uvloop instead of the standard loop")
     p.add_argument("--log-level", default="info", help="the bridge's log level (default info, as serve)")
     return p.parse_args(argv)
@@ -223,13 +223,25 @@ async def start_bridge(db_path: Path, hole_port: int, log_level: str, log_stream
 # --- measuring --------------------------------------------------------------------------------------
 
 
-async def measure(port: int, path: str, prefix: str, args: argparse.Namespace) -> dict[str, Any]:
+def process_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a live process has used so far, from /proc; 0 when unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(port: int, path: str, prefix: str, args: argparse.Namespace, writer_pid: int | None = None) -> dict[str, Any]:
     """One run: a loader process against ``port``; the server keeps serving in this loop meanwhile."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=load_process, args=(child, "127.0.0.1", port, path, args.connections, prefix,
                                                   args.warmup_s, args.duration_s))
     before = resource.getrusage(resource.RUSAGE_SELF)
+    writer_before = process_cpu_s(writer_pid)
     proc.start()
     child.close()
     try:
@@ -239,6 +251,7 @@ async def measure(port: int, path: str, prefix: str, args: argparse.Namespace) -
     after = resource.getrusage(resource.RUSAGE_SELF)
     busy_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     result["server_cpu_s"] = busy_s
+    result["writer_cpu_s"] = process_cpu_s(writer_pid) - writer_before
     return result
 
 
@@ -248,7 +261,8 @@ def show(kind: str, run: int, r: dict[str, Any], args: argparse.Namespace) -> No
     answered = sum(r["statuses"].values())
     print(f"  {kind:<6} run {run}: {r['rate']:>8.0f}/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms"
           f"  server cpu {100 * r['server_cpu_s'] / wall_s:3.0f}% ({1e6 * r['server_cpu_s'] / max(answered, 1):.0f} us/request)"
-          f"  loader cpu {100 * r['loader_cpu_s'] / wall_s:3.0f}%"
+          + (f"  writer process cpu {100 * r['writer_cpu_s'] / wall_s:3.0f}%" if r.get("writer_cpu_s") else "")
+          + f"  loader cpu {100 * r['loader_cpu_s'] / wall_s:3.0f}%"
           + (f"  non-202: {others}" if others else ""), flush=True)
 
 
@@ -269,7 +283,8 @@ async def main(args: argparse.Namespace) -> float:
         path = f"/?wpf_action=add&access_key={KEY}"
         for rnd in range(1, args.rounds + 1):
             for kind, port in (("bare", bare_port), ("bridge", bridge.port)):
-                r = await measure(port, path, f"{kind}{rnd}-{os.getpid()}", args)
+                writer_pid = bridge.store._writer._proc.pid if kind == "bridge" and bridge.store._writer._proc else None
+                r = await measure(port, path, f"{kind}{rnd}-{os.getpid()}", args, writer_pid)
                 results[kind].append(r)
                 if kind == "bridge":
                     bridge_202 += r["statuses"].get(202, 0)
