@@ -594,3 +594,31 @@ async def test_rejected_delivery_is_queued_by_replay_once_the_mapping_is_fixed(t
         assert conn.execute("SELECT replayed_job FROM rejected WHERE id = ?", (rejected_id,)).fetchone()[0] == job["id"]
         again, message = replay_rejected(conn, load_settings(None, **config), rejected_id, time.time())
         assert not again and "already replayed" in message
+
+
+# --- the writer process --------------------------------------------------------------------------------
+
+
+async def test_a_killed_writer_process_costs_no_acknowledged_delivery(tmp_path):
+    """The writer child is SIGKILLed while deliveries arrive: each answer is a 202 (committed) or a 503
+    (retry), never a wrong 4xx; a new child takes over, and every 202's job is
+    in the database."""
+    import os
+    import signal
+
+    async with serving(tmp_path / "bridge.db") as s:
+        assert_accepted(await s.send(customerly(new_email())))
+        first = s.bridge.store._writer._proc
+        sends = [asyncio.ensure_future(s.send(customerly(new_email()))) for _ in range(20)]
+        os.kill(first.pid, signal.SIGKILL)
+        answers = await asyncio.gather(*sends)
+        assert {a.status for a in answers} <= {202, 503}, [a.text for a in answers]
+        assert all(a.json["error"] == "unavailable" for a in answers if a.status == 503)
+        after = [assert_accepted(await s.send(customerly(new_email()))) for _ in range(3)]
+        assert s.bridge.store._writer._proc is not first
+        acknowledged = [a.json["job_id"] for a in answers if a.status == 202] + after
+        for job_id in acknowledged:
+            assert s.job(job_id) is not None
+        # Bad input is still refused with its reason (and kept) by the new child.
+        bad = await s.send(customerly("not-an-address"))
+        assert bad.status == 422 and bad.json["error"] == "invalid_email"

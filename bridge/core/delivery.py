@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import parse_qsl
@@ -21,6 +22,7 @@ ACTION_ALIASES = {"add_user": "add", "update_user": "update"}
 QUEUED_ACTIONS = ("add", "update", "update_tags", "delete")
 KNOWN_ACTIONS = (*QUEUED_ACTIONS, "test", *ACTION_ALIASES)
 MAX_DEPTH = 32
+_SPACE = re.compile(r"\s")
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # reused: json.dumps with options builds one per call
 TRUE_WORDS = {"1", "true", "yes", "on"}
 # Query parameters that never take part in a dedupe key or get stored: they are credentials.
@@ -114,7 +116,7 @@ def parse_body(content_type: str | None, body: bytes) -> dict[str, Any]:
 
 def _decode_body(content_type: str | None, body: bytes) -> tuple[dict[str, Any], str | None]:
     """The body as an object, and its text when that text is a JSON object."""
-    if not body.strip():
+    if not body or body.isspace():
         return {}, None
     mime = (content_type or "").split(";")[0].strip().lower()
     try:
@@ -210,7 +212,7 @@ def parse_delivery(
     if contact_id is None and email is None:
         looked = ", ".join(dict.fromkeys(["query contact_id", "query email", *spec.contact_id_paths, *spec.email_paths, "contact_id", "email"]))
         raise BadDelivery(422, "missing_contact", f"no contact ID or email found (looked at {looked})", field="contact_id")
-    if email is not None and ("@" not in email or len(email) > 254 or any(c.isspace() for c in email) or not _utf8(email)):
+    if email is not None and ("@" not in email or len(email) > 254 or _SPACE.search(email) or not _utf8(email)):
         raise BadDelivery(422, "invalid_email", f"email {email[:60]!r} is not an address", field="email")
     if contact_id is not None and len(contact_id) > 255:
         raise BadDelivery(422, "invalid_contact_id", "contact ID longer than 255 characters", field="contact_id")

@@ -76,7 +76,11 @@ def get_path(document: Any, path: str, default: Any = None) -> Any:
     value: Any = document
     steps = _split(path)
     for i, (key, sel) in enumerate(steps):
-        value = _step(value, key)
+        # Object keys are the common step (every delivery looks its contact up this way): inline.
+        if type(value) is dict and key:
+            value = value.get(key, _MISSING)
+        else:
+            value = _step(value, key)
         if value is _MISSING:
             return default
         if sel is None:
