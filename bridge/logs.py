@@ -16,7 +16,6 @@ from typing import Any, Iterable
 import structlog
 
 MASK = "***"
-_PLAIN = (int, float, bool)
 SECRET_KEY = re.compile(r"pass(word)?|secret|token|access_key|authorization|api_key|app_key|credential", re.I)
 
 
@@ -42,30 +41,13 @@ class Redactor:
         return hit
 
     def scrub(self, value: Any) -> Any:
-        # One log event per delivery goes through here: the common shapes (flat dicts of strings and
-        # numbers) take the short paths.
-        kind = type(value)
-        if kind is str:
+        if isinstance(value, str):
             for secret in self._secrets:
                 if secret in value:
                     value = value.replace(secret, MASK)
             return value
-        if kind is dict or isinstance(value, dict):
-            out = {}
-            secrets, memo = self._secrets, self._secret_key
-            for k, v in value.items():
-                if v and (memo[k] if k in memo else self._is_secret_key(k)):
-                    out[k] = MASK
-                elif type(v) is str:
-                    for secret in secrets:
-                        if secret in v:
-                            v = v.replace(secret, MASK)
-                    out[k] = v
-                elif v is None or type(v) in _PLAIN:
-                    out[k] = v
-                else:
-                    out[k] = self.scrub(v)
-            return out
+        if isinstance(value, dict):
+            return {k: (MASK if v and self._is_secret_key(k) else self.scrub(v)) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [self.scrub(v) for v in value]
         return value

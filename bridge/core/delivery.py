@@ -109,13 +109,9 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def parse_body(content_type: str | None, body: bytes) -> dict[str, Any]:
-    """Decode a JSON or form body into an object; raises BadDelivery (400/415) naming the problem."""
-    return _decode_body(content_type, body)[0]
-
-
-def _decode_body(content_type: str | None, body: bytes) -> tuple[dict[str, Any], str | None]:
-    """The body as an object, and its text when that text is a JSON object."""
+def parse_body(content_type: str | None, body: bytes) -> tuple[dict[str, Any], str | None]:
+    """Decode a JSON or form body into an object, with its text when that text is a JSON object;
+    raises BadDelivery (400/415) naming the problem."""
     if not body or body.isspace():
         return {}, None
     mime = (content_type or "").split(";")[0].strip().lower()
@@ -198,7 +194,7 @@ def parse_delivery(
     connector's default. The contact comes from the ``contact_id``/``email`` query parameters,
     else the connector's JSON paths.
     """
-    data, text = _decode_body(content_type, body)
+    data, text = parse_body(content_type, body)
     action, operation = _action_for(spec, query, data)
     if action == "test":
         return Delivery(connection, "test", None, None, body=data)

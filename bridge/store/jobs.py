@@ -4,7 +4,6 @@ process (``bridge.store.writer``); an awaited call has returned only once its tr
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import time
 from pathlib import Path
@@ -71,10 +70,9 @@ class JobStore:
         return await self._writer.run(fn, *args)
 
     async def enqueue(self, dedupe_key: str, window_s: float, connection: str, action: str,
-                      contact_key: str, payload: dict[str, Any] | str) -> tuple[int, bool]:
-        """Durably queue a job (or find the duplicate): (job_id, duplicate). ``payload`` as a dict or JSON text."""
-        if not isinstance(payload, str):
-            payload = json.dumps(payload, separators=(",", ":"))
+                      contact_key: str, payload: str) -> tuple[int, bool]:
+        """Durably queue a job (or find the duplicate): (job_id, duplicate). ``payload`` is JSON text
+        (``Delivery.payload_json()``)."""
         return await self._writer.run(q.enqueue, self.clock(), dedupe_key, window_s, connection, action, contact_key, payload)
 
     async def reject(self, **fields: Any) -> int:

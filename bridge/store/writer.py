@@ -179,7 +179,7 @@ def serve(sock: socket.socket, conn: sqlite3.Connection, checkpoint_every_s: flo
             sock.sendall(frame(_portable(results)))
         except OSError:
             break  # the parent is gone
-        if not eof and time.monotonic() - last_checkpoint > checkpoint_every_s:
+        if time.monotonic() - last_checkpoint > checkpoint_every_s:
             checkpoint()
             dirty, last_checkpoint = False, time.monotonic()
     checkpoint()

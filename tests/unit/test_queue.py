@@ -1,5 +1,6 @@
 """The SQLite queue on a real file: durability, dedupe, per-contact order, coalescing, leases, migrations."""
 
+import json
 import sqlite3
 
 import pytest
@@ -35,7 +36,7 @@ _serial = iter(range(10**9))
 async def put(store, contact, action="update", key=None, window=3600):
     """Queue a job; each call is a distinct delivery unless ``key`` repeats."""
     n = next(_serial)
-    return await store.enqueue(key or f"k{n}", window, "c", action, contact, {"contact": contact, "n": n})
+    return await store.enqueue(key or f"k{n}", window, "c", action, contact, json.dumps({"contact": contact, "n": n}))
 
 
 async def test_enqueued_job_is_on_disk_when_acknowledged(store, tmp_path):
