@@ -375,6 +375,50 @@ async def test_server_is_healthy_after_the_corpus(served):
     assert_accepted(await served.send(customerly(new_email("after"))))
 
 
+@pytest.mark.parametrize("method, path, status, error", [
+    ("GET", "/nope", 404, "not_found"),
+    ("POST", "/hooks/customerly/extra", 404, "not_found"),
+    ("POST", "/healthz", 405, "method_not_allowed"),
+    ("DELETE", "/metrics", 405, "method_not_allowed"),
+    ("HEAD", "/", 405, "method_not_allowed"),
+])
+async def test_unknown_paths_and_methods_answer_json(served, method, path, status, error):
+    """Every answer of the server is JSON with an error name, not aiohttp's plain-text pages."""
+    async with served.session.request(method, served.url + path) as resp:
+        assert resp.status == status
+        if method != "HEAD":
+            assert (await resp.json())["error"] == error
+        if status == 405:
+            assert resp.headers["Allow"]
+
+
+async def test_health_answers_head(served):
+    async with served.session.head(served.url + "/healthz") as resp:
+        assert resp.status == 200
+
+
+async def test_an_unexpected_error_answers_503_json_and_is_logged(tmp_path, monkeypatch):
+    """A bug in a handler costs the sender a retry (503 with Retry-After), not a 500 or a crash."""
+    import bridge.web.intake as intake_module
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom in parsing")
+
+    stream = io.StringIO()
+    configure("info", "json", stream=stream)
+    try:
+        async with serving(tmp_path / "bridge.db") as s:
+            monkeypatch.setattr(intake_module, "parse_delivery", broken)
+            answer = await s.send(customerly(new_email()))
+            assert (answer.status, answer.json["error"], answer.headers["Retry-After"]) == (503, "unavailable", "5")
+            monkeypatch.undo()
+            assert_accepted(await s.send(customerly(new_email("after"))))
+            assert s.count("jobs") == 1
+    finally:
+        structlog.reset_defaults()
+    assert "http.unhandled" in stream.getvalue() and "boom in parsing" in stream.getvalue()
+
+
 # --- throttling of wrong keys ----------------------------------------------------------------------
 
 

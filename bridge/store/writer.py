@@ -164,6 +164,8 @@ def serve(sock: socket.socket, conn: sqlite3.Connection, checkpoint_every_s: flo
                 data = sock.recv(_READ_SIZE, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 break
+            except ConnectionResetError:  # the parent died with data unread on its side: as EOF
+                data = b""
             if not data:
                 eof = True
                 break
