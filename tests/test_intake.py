@@ -397,26 +397,21 @@ async def test_health_answers_head(served):
         assert resp.status == 200
 
 
-async def test_an_unexpected_error_answers_503_json_and_is_logged(tmp_path, monkeypatch):
-    """A bug in a handler costs the sender a retry (503 with Retry-After), not a 500 or a crash."""
-    import bridge.web.intake as intake_module
-
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("boom in parsing")
-
+async def test_a_delivery_that_cannot_be_stored_answers_503_json_and_is_logged(tmp_path):
+    """With the database closed under it, a delivery costs the sender a retry (503 JSON with
+    Retry-After, nothing acknowledged), not a 500 or a crash; the error is logged."""
     stream = io.StringIO()
     configure("info", "json", stream=stream)
     try:
         async with serving(tmp_path / "bridge.db") as s:
-            monkeypatch.setattr(intake_module, "parse_delivery", broken)
+            s.bridge.store.close()
             answer = await s.send(customerly(new_email()))
             assert (answer.status, answer.json["error"], answer.headers["Retry-After"]) == (503, "unavailable", "5")
-            monkeypatch.undo()
-            assert_accepted(await s.send(customerly(new_email("after"))))
-            assert s.count("jobs") == 1
+            async with s.session.get(s.url + "/healthz") as resp:
+                assert resp.status == 200
     finally:
         structlog.reset_defaults()
-    assert "http.unhandled" in stream.getvalue() and "boom in parsing" in stream.getvalue()
+    assert '"event": "http.unhandled"' in stream.getvalue() and "the database is closed" in stream.getvalue()
 
 
 # --- throttling of wrong keys ----------------------------------------------------------------------
