@@ -23,6 +23,7 @@ from bridge.errors import BadDelivery
 ACTION_ALIASES = {"add_user": "add", "update_user": "update"}
 QUEUED_ACTIONS = ("add", "update", "update_tags", "delete")
 KNOWN_ACTIONS = (*QUEUED_ACTIONS, "test", *ACTION_ALIASES)
+_ACTIONS = frozenset((*QUEUED_ACTIONS, "test"))
 MAX_DEPTH = 32
 _SPACE = re.compile(r"\s")
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # reused: json.dumps with options builds one per call
@@ -31,9 +32,9 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 SECRET_PARAMS = frozenset({"access_key"})
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 4x (object.__setattr__ per field)
 class Delivery:
-    """A parsed, acceptable delivery: what the worker needs to run the job."""
+    """A parsed, acceptable delivery: what the worker needs to run the job. Treat as read-only."""
 
     connection: str
     action: str
@@ -97,7 +98,7 @@ def normalize_action(value: str | None) -> str | None:
     if value is None or value == "":
         return None
     action = ACTION_ALIASES.get(value, value)
-    if action not in (*QUEUED_ACTIONS, "test"):
+    if action not in _ACTIONS:
         raise BadDelivery(
             400,
             "unknown_action",
@@ -228,14 +229,15 @@ def parse_delivery(
         return Delivery(connection, "test", None, None, body=data)
     contact_id = _text(query.get("contact_id"))
     # Top-level contact_id/email are the last resort (form bodies, hand-made test requests).
-    if contact_id is None and (hit := first_path(data, [*spec.contact_id_paths, "contact_id"])):
+    looked_up: dict[str, Any] = {}  # connectors often read the ID and the email at the same path
+    if contact_id is None and (hit := first_path(data, [*spec.contact_id_paths, "contact_id"], looked_up)):
         value = hit[1]
         if type(value) is float and text is not None:
             # orjson reads an integer past 64 bits as a float; the stdlib keeps it exact.
             value = get_path(json.loads(text), hit[0])
         contact_id = _text(value)
     email = _text(query.get("email"))
-    if email is None and (hit := first_path(data, [*spec.email_paths, "email"])):
+    if email is None and (hit := first_path(data, [*spec.email_paths, "email"], looked_up)):
         email = _text(hit[1])
     if contact_id is None and email is None:
         looked = ", ".join(dict.fromkeys(["query contact_id", "query email", *spec.contact_id_paths, *spec.email_paths, "contact_id", "email"]))

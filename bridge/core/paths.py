@@ -99,10 +99,14 @@ def get_path(document: Any, path: str, default: Any = None) -> Any:
     return value
 
 
-def first_path(document: Any, paths: list[str]) -> tuple[str, Any] | None:
-    """The first of ``paths`` that holds a non-empty value, as (path, value), or None."""
+def first_path(document: Any, paths: list[str], looked_up: dict[str, Any] | None = None) -> tuple[str, Any] | None:
+    """The first of ``paths`` that holds a non-empty value, as (path, value), or None.
+    ``looked_up`` (path → value) is read and filled, so a path shared by several calls is walked once."""
     for path in paths:
-        value = get_path(document, path)
+        if looked_up is None:
+            value = get_path(document, path)
+        elif (value := looked_up.get(path, _MISSING)) is _MISSING:
+            value = looked_up[path] = get_path(document, path)
         if value not in (None, "", [], {}):
             return path, value
     return None
