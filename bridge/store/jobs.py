@@ -7,7 +7,7 @@ import fcntl
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from bridge.errors import BridgeError
 from bridge.store import queue as q
@@ -69,11 +69,11 @@ class JobStore:
         """Run one ``bridge.store.queue`` function in the next committed batch."""
         return await self._writer.run(fn, *args)
 
-    async def enqueue(self, dedupe_key: str, window_s: float, connection: str, action: str,
-                      contact_key: str, payload: str) -> tuple[int, bool]:
-        """Durably queue a job (or find the duplicate): (job_id, duplicate). ``payload`` is JSON text
-        (``Delivery.payload_json()``)."""
-        return await self._writer.run(q.enqueue, self.clock(), dedupe_key, window_s, connection, action, contact_key, payload)
+    def enqueue(self, dedupe_key: str, window_s: float, connection: str, action: str,
+                contact_key: str, payload: str) -> Awaitable[tuple[int, bool]]:
+        """Durably queue a job (or find the duplicate); await it for (job_id, duplicate). ``payload``
+        is JSON text (``Delivery.payload_json()``). Not a coroutine (see ``Writer.run``)."""
+        return self._writer.run(q.enqueue, self.clock(), dedupe_key, window_s, connection, action, contact_key, payload)
 
     async def reject(self, **fields: Any) -> int:
         """Keep a rejected delivery (see ``queue.reject``)."""

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import structlog
 
@@ -228,6 +228,7 @@ class Writer:
         self._proc: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
         self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._link: _Link | None = None
         self._connecting: asyncio.Future | None = None
         self._pending: dict[int, asyncio.Future] = {}
@@ -249,10 +250,20 @@ class Writer:
         self._sock = parent
         self._transport = self._link = self._connecting = None
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    def run(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+        """Queue ``fn(conn, *args)`` for the next batch; awaiting the result returns its value once
+        committed. A plain method returning a future, not a coroutine: the intake awaits it once
+        per delivery, and a coroutine layer is a measurable share of that."""
         if self._transport is None:
-            await self._connect()
-        loop = asyncio.get_running_loop()
+            return self._run_connected(fn, args)
+        return self._submit(fn, args)
+
+    async def _run_connected(self, fn: Callable[..., T], args: tuple) -> T:
+        await self._connect()
+        return await self._submit(fn, args)
+
+    def _submit(self, fn: Callable[..., T], args: tuple) -> "asyncio.Future[T]":
+        loop = self._loop
         self._next_id += 1
         cid = self._next_id
         fut: asyncio.Future[T] = loop.create_future()
@@ -260,7 +271,7 @@ class Writer:
         if not self._outbox:
             loop.call_soon(self._flush)  # every call made in this loop iteration goes in one frame
         self._outbox.append((cid, fn, args))
-        return await fut
+        return fut
 
     async def _connect(self) -> None:
         if self._closing:
@@ -278,7 +289,7 @@ class Writer:
     async def _open_link(self) -> None:
         loop = asyncio.get_running_loop()
         transport, link = await loop.create_unix_connection(lambda: _Link(self), sock=self._sock)
-        self._transport, self._link = transport, link
+        self._transport, self._link, self._loop = transport, link, loop
 
     def _flush(self) -> None:
         calls, self._outbox = self._outbox, []
