@@ -55,7 +55,9 @@ class Intake:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Answer one delivery; never raises for bad input."""
-        address = client_address(request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
+        remote = request.remote
+        forwarded = request.headers.get("X-Forwarded-For") if remote in self.trusted_proxies else None
+        address = client_address(remote, forwarded, self.trusted_proxies)
         wait_s = self.throttle.blocked(address)
         if wait_s is not None:
             self.metrics.delivery(None, "throttled")
@@ -86,10 +88,11 @@ class Intake:
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.settings.server.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise BadDelivery(413, "body_too_large", f"body of {request.content_length} bytes is over the limit of {limit}", field="body")
-        if request.content_length is not None:  # within the limit (checked above): read it in one go
-            return await request.read()
+        length = request.content_length  # parsed from the header on every access: once
+        if length is not None:
+            if length > limit:
+                raise BadDelivery(413, "body_too_large", f"body of {length} bytes is over the limit of {limit}", field="body")
+            return await request.read()  # within the limit: in one go
         chunks, size = [], 0
         async for chunk in request.content.iter_chunked(64 * 1024):
             size += len(chunk)
