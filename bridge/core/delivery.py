@@ -72,15 +72,8 @@ class Delivery:
         (it was just parsed, so it is valid JSON; ``from_payload`` reads back the same values)."""
         if self.body_json is None:
             return _COMPACT.encode(self.to_payload())
-        head = {
-            "connection": self.connection,
-            "action": self.action,
-            "contact_id": self.contact_id,
-            "email": self.email,
-            "role": self.role,
-            "send_notification": self.send_notification,
-            "operation": self.operation,
-        }
+        head = self.to_payload()
+        del head["body"]
         try:
             encoded = orjson.dumps(head).decode()
         except TypeError:  # a lone surrogate, which orjson refuses; the stdlib escapes it
