@@ -47,8 +47,11 @@ class Worker:
         self._loops = TaskGroup()
 
     def notify(self) -> None:
-        """A job was queued: look for work now rather than at the next poll."""
-        self._wake.set()
+        """A job was queued: look for work now rather than at the next poll. With every slot busy
+        there is nothing to claim (the intake calls this once per delivery): the next job to
+        finish wakes the dispatcher instead."""
+        if len(self._running) < self.cfg.concurrency:
+            self._wake.set()
 
     async def start(self) -> None:
         """Put back jobs a previous process left running, then start the loops."""
@@ -86,8 +89,9 @@ class Worker:
 
     async def _sleep(self, timeout_s: float) -> None:
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout_s):  # unlike wait_for, no task per wait
+                await self._wake.wait()
+        except TimeoutError:
             pass
 
     async def _run(self, job: Job) -> None:
