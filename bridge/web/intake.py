@@ -45,6 +45,7 @@ class Intake:
         self.on_enqueued = on_enqueued
         self.clock = clock
         self.specs = {name: conn.spec() for name, conn in settings.connections.items()}
+        self.default_connection = settings.default_connection()
         self.keys = [k.get_secret_value() for k in settings.server.access_keys]
         self.trusted_proxies = frozenset(settings.server.trusted_proxies)
         self.throttle = FailureThrottle(settings.server.auth_failures_per_min, settings.server.auth_tracker_size, time.monotonic)
@@ -69,7 +70,7 @@ class Intake:
             self.metrics.delivery(None, "forbidden")
             self.log.warning("delivery.forbidden", remote=address, key_given=bool(provided))
             return json_error(BadDelivery(403, "invalid_access_key", "Invalid Access Key" if provided else "access_key is missing", field="access_key"))
-        connection = request.match_info.get("connection") or request.query.get("connection") or self.settings.default_connection()
+        connection = request.match_info.get("connection") or request.query.get("connection") or self.default_connection
         query = dict(request.query)
         try:
             body = await self._read_body(request)
@@ -126,35 +127,39 @@ class Intake:
         # debug, not info: at thousands of deliveries a second one line each is noise, and every job
         # ends in an info line of its own (job.done / job.retry_scheduled / job.dead) with the same id.
         self.log.debug("delivery.accepted", connection=connection, job_id=job_id, action=delivery.action)
-        await self._maybe_sample(connection, delivery.body, len(body))
+        if self._new_shape(connection, delivery.body, len(body)):
+            await self.store.call(q.keep_sample, self.clock(), connection, json.dumps(mask(delivery.body)),
+                                  self.settings.server.samples_per_connection)
         # The bytes json_response would send, without encoding a dict per delivery.
         return web.Response(body=b'{"success": true, "job_id": %d, "status": "queued"}' % job_id, status=202,
                             content_type="application/json")
 
-    async def _maybe_sample(self, connection: str, body: dict[str, Any], size: int) -> None:
-        """Keep a masked copy of each new shape of delivery for ``wp-sync-bridge discover``."""
-        keep = self.settings.server.samples_per_connection
-        if not keep or not body or len(self._shapes) >= MAX_SHAPES:
-            return
+    def _new_shape(self, connection: str, body: dict[str, Any], size: int) -> bool:
+        """Whether this delivery is the first of its shape, so a masked copy of it is kept for
+        ``wp-sync-bridge discover`` (a plain function: no coroutine per delivery)."""
+        if not self.settings.server.samples_per_connection or not body or len(self._shapes) >= MAX_SHAPES:
+            return False
         # shape() hashes every leaf path; a keys-only fingerprint costs a quarter of that, so a
         # fingerprint seen before skips it. Only small bodies' fingerprints are kept (bounded memory).
         if size <= FINGERPRINT_MAX_BYTES:
             seen = (connection, _fingerprint(body))
             if seen in self._fingerprints:
-                return
+                return False
             if len(self._fingerprints) < MAX_SHAPES:
                 self._fingerprints.add(seen)
         key = (connection, shape(body))
         if key in self._shapes:
-            return
+            return False
         self._shapes.add(key)
-        await self.store.call(q.keep_sample, self.clock(), connection, json.dumps(mask(body)), keep)
+        return True
 
 
 def _fingerprint(value: Any) -> Any:
-    """The document's keys and nesting, without its values: equal fingerprints mean equal shapes."""
-    if isinstance(value, dict):
+    """The document's keys and nesting, without its values: equal fingerprints mean equal shapes.
+    (Parsed JSON holds plain dicts and lists only: exact type checks, the cheapest.)"""
+    kind = type(value)
+    if kind is dict:
         return tuple([(k, _fingerprint(v)) for k, v in value.items()])
-    if isinstance(value, list):
+    if kind is list:
         return (list, *[_fingerprint(v) for v in value])
     return None
