@@ -1,6 +1,6 @@
 """Durable intake benchmark: the bridge's webhook intake against a bare aiohttp handler, same run.
 
-    python bench/intake.py [--duration-s 5] [--connections 32] [--rounds 3] [--uvloop]
+    python bench/intake.py [--duration-s 5] [--connections 32] [--rounds 5] [--uvloop]
 
 In ONE process and on the same event loop implementation, two servers on 127.0.0.1:
   bare    an aiohttp handler that reads the body and answers 202 without storing anything;
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration-s", type=float, default=5.0, help="measured seconds per run (default 5)")
     p.add_argument("--warmup-s", type=float, default=1.0, help="unmeasured seconds before each run (default 1)")
     p.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections (default 32)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating bare/bridge rounds (default 3; the medians are reported)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating bare/bridge rounds (default 5; the medians are reported: single rounds move by +-0.04 on a shared VM)")
     p.add_argument("--uvloop", action="store_true", help="serve both on uvloop instead of the standard loop")
     p.add_argument("--log-level", default="info", help="the bridge's log level (default info, as serve)")
     return p.parse_args(argv)
