@@ -283,7 +283,7 @@ async def main(args: argparse.Namespace) -> float:
         path = f"/?wpf_action=add&access_key={KEY}"
         for rnd in range(1, args.rounds + 1):
             for kind, port in (("bare", bare_port), ("bridge", bridge.port)):
-                writer_pid = bridge.store._writer._proc.pid if kind == "bridge" and bridge.store._writer._proc else None
+                writer_pid = bridge.store.writer_pid if kind == "bridge" else None
                 r = await measure(port, path, f"{kind}{rnd}-{os.getpid()}", args, writer_pid)
                 results[kind].append(r)
                 if kind == "bridge":

@@ -85,14 +85,7 @@ class Worker:
                     self._running[job.id] = job
                     self._jobs.spawn(self._run(job), f"job.{job.id}")
             # Every finished job and every new delivery sets the event; the poll catches run_at.
-            await self._sleep(self.cfg.poll_interval_s)
-
-    async def _sleep(self, timeout_s: float) -> None:
-        try:
-            async with asyncio.timeout(timeout_s):  # unlike wait_for, no task per wait
-                await self._wake.wait()
-        except TimeoutError:
-            pass
+            await _wait(self._wake, self.cfg.poll_interval_s)
 
     async def _run(self, job: Job) -> None:
         bound = log.bind(job_id=job.id, connection=job.connection, action=job.effective_action, attempt=job.attempts)
@@ -143,7 +136,7 @@ class Worker:
         window_s = self.ctx.settings.server.dedupe_window_s
 
         while not self._stopping.is_set():
-            await self._sleep_stop(interval_s)
+            await _wait(self._stopping, interval_s)
             if self._running:
                 ids = [i for job in list(self._running.values()) for i in (job.id, *job.merged)]
                 await self.store.renew(ids, self.cfg.lease_s)
@@ -152,8 +145,12 @@ class Worker:
             if any(removed):
                 log.info("queue.pruned", jobs=removed[0], dedupe_keys=removed[1])
 
-    async def _sleep_stop(self, timeout_s: float) -> None:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            pass
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    """Until ``event`` is set or ``timeout_s`` has passed (under asyncio.timeout: unlike wait_for,
+    no task per wait)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    except TimeoutError:
+        pass

@@ -123,33 +123,42 @@ def parse_body(content_type: str | None, body: bytes) -> tuple[dict[str, Any], s
         return {}, None
     mime = (content_type or "").split(";")[0].strip().lower()
     json_mime = mime in ("", "application/json", "text/json") or mime.endswith("+json")
-    if json_mime:
-        # The common case, in C: orjson validates UTF-8 and parses strict JSON in one pass. Anything
-        # it refuses takes the stdlib path below, which accepts what it always did and names the
-        # problem in the same words.
+    data = _fast_json_object(body) if json_mime else None
+    if data is not None:
+        text = body.decode("utf-8")  # valid: orjson has checked it
+    else:
         try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            if isinstance(data, dict):
-                text = body.decode("utf-8")  # valid: orjson has checked it
-                if text.count("{") + text.count("[") > MAX_DEPTH and _depth(data, MAX_DEPTH) > MAX_DEPTH:
-                    raise BadDelivery(400, "too_deep", f"JSON nesting deeper than {MAX_DEPTH} levels", field="body")
-                return data, text
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadDelivery(400, "invalid_encoding", f"body is not valid UTF-8 (byte {exc.start})", field="body") from None
+        if mime == "application/x-www-form-urlencoded":
+            return dict(parse_qsl(text, keep_blank_values=True)), None
+        if not json_mime:
+            raise BadDelivery(
+                415,
+                "unsupported_media_type",
+                f"content type {mime[:60]!r} is not accepted; send application/json or application/x-www-form-urlencoded",
+                field="content-type",
+            )
+        data = _stdlib_json_object(text)
+    # Nesting needs an opening bracket per level: a body with few brackets needs no walk.
+    if text.count("{") + text.count("[") > MAX_DEPTH and _depth(data, MAX_DEPTH) > MAX_DEPTH:
+        raise BadDelivery(400, "too_deep", f"JSON nesting deeper than {MAX_DEPTH} levels", field="body")
+    return data, text
+
+
+def _fast_json_object(body: bytes) -> dict[str, Any] | None:
+    """The common case, in C: orjson validates UTF-8 and parses strict JSON in one pass. None for
+    anything else, which then takes the stdlib path: it accepts what it always did and names the
+    problem in the same words."""
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadDelivery(400, "invalid_encoding", f"body is not valid UTF-8 (byte {exc.start})", field="body") from None
-    if mime == "application/x-www-form-urlencoded":
-        return dict(parse_qsl(text, keep_blank_values=True)), None
-    if not json_mime:
-        raise BadDelivery(
-            415,
-            "unsupported_media_type",
-            f"content type {mime[:60]!r} is not accepted; send application/json or application/x-www-form-urlencoded",
-            field="content-type",
-        )
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _stdlib_json_object(text: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except RecursionError:
@@ -160,10 +169,7 @@ def parse_body(content_type: str | None, body: bytes) -> tuple[dict[str, Any], s
         raise BadDelivery(400, "invalid_json", f"body is not acceptable JSON: {str(exc).split(':')[0][:80]}", field="body") from None
     if not isinstance(data, dict):
         raise BadDelivery(400, "invalid_payload", f"JSON body must be an object, not {type(data).__name__}", field="body")
-    # Nesting needs an opening bracket per level: a body with few brackets needs no walk.
-    if text.count("{") + text.count("[") > MAX_DEPTH and _depth(data, MAX_DEPTH) > MAX_DEPTH:
-        raise BadDelivery(400, "too_deep", f"JSON nesting deeper than {MAX_DEPTH} levels", field="body")
-    return data, text
+    return data
 
 
 def _action_for(spec: ConnectorSpec, query: Mapping[str, str], body: dict[str, Any]) -> tuple[str, str | None]:

@@ -65,6 +65,11 @@ class JobStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer child's process ID, while one runs (for operators and the benchmark)."""
+        return self._writer.pid
+
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run one ``bridge.store.queue`` function in the next committed batch."""
         return await self._writer.run(fn, *args)

@@ -236,6 +236,11 @@ class Writer:
         self._next_id = 0
         self._closing = False
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process ID while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
     def start(self) -> None:
         """Start the writer process (the asyncio side connects on the first call)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
