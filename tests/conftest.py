@@ -3,7 +3,8 @@ the fake CRMs, and an in-process bridge on a real SQLite file.
 
 Quick iteration against a stack that already runs: ``scripts/wordpress-stack up`` then
 ``WPSB_TEST_STACK=running make test`` (or pytest): the suite uses it and leaves it running.
-By default the suite starts its own stack in ``.stack-test`` on other ports and purges it at the end.
+By default the suite starts its own stack in ``.stack-test`` on other ports and purges it at the end;
+``WPSB_STACK_DIR``, ``WPSB_DB_PORT`` and ``WPSB_WP_PORT`` choose another directory and ports.
 """
 
 from __future__ import annotations
@@ -45,7 +46,14 @@ def wp_stack() -> dict[str, str]:
         out = subprocess.run([str(STACK), "env"], check=True, capture_output=True, text=True)
         yield _read_env(out.stdout)
         return
-    env = {**os.environ, "WPSB_STACK_DIR": str(ROOT / ".stack-test"), "WPSB_DB_PORT": "33326", "WPSB_WP_PORT": "8806"}
+    # The stack's own variables choose where it lives and which ports it takes (several checkouts
+    # can test side by side); the defaults keep clear of a development stack's.
+    env = {
+        **os.environ,
+        "WPSB_STACK_DIR": os.environ.get("WPSB_STACK_DIR") or str(ROOT / ".stack-test"),
+        "WPSB_DB_PORT": os.environ.get("WPSB_DB_PORT") or "33326",
+        "WPSB_WP_PORT": os.environ.get("WPSB_WP_PORT") or "8806",
+    }
     subprocess.run([str(STACK), "purge"], env=env, check=False, capture_output=True)
     started = time.monotonic()
     up = subprocess.run([str(STACK), "up"], env=env, capture_output=True, text=True)
