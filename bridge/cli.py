@@ -94,8 +94,13 @@ def serve(config: str | None) -> None:
     from bridge.store.jobs import DatabaseLocked
 
     settings = _settings(config)
-    if not settings.server.access_keys:
-        click.echo("configuration error: server.access_keys: at least one access key is required to serve", err=True)
+    if not settings.has_access_keys():
+        click.echo("configuration error: server.access_keys: at least one access key (here or in a connection's"
+                   " access_keys) is required to serve", err=True)
+        sys.exit(EX_CONFIG)
+    if not settings.connections:
+        click.echo("configuration error: connections: no CRM connection is configured; add a [connections.NAME]"
+                   " table (see config.example.toml)", err=True)
         sys.exit(EX_CONFIG)
     redactor = configure(settings.log_level, settings.log_format)
     try:

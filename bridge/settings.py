@@ -10,19 +10,51 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, ValidationError, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bridge.core.connector import ConnectorSpec, build_connector
+from bridge.core.templates import template_problems
 from bridge.errors import ConfigError
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# Query parameters that can name the contact or its role instead of the body (WP Fusion's URL).
+OVERRIDES = ("email", "contact_id", "role")
+# The merge fields each connector request is filled with (bridge.clients.crm, bridge.webhooks).
+REQUEST_FIELDS = {
+    "fetch": {"contact_id", "email"},
+    "write_back": {"contact_id", "email", "attributes"},
+    "webhook_create": {"webhook_url", "connection"},
+    "webhook_list": {"webhook_url"},
+    "webhook_delete": {"webhook_id"},
+}
 PLACEHOLDERS = {"change-me", "changeme", "change_me", "xxx", "xxxx", "secret", "your-key-here", ""}
 
 
 def _refuse_placeholder(value: SecretStr | None, what: str) -> None:
     if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDERS:
         raise ValueError(f"{what} is a placeholder; set a real value")
+
+
+def _http_url(value: str | None, what: str) -> str | None:
+    """Refuse a URL that is not absolute http(s) with a host: it would fail on every request."""
+    if value is None:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} {value[:80]!r} is not an http:// or https:// URL with a host")
+    return value
+
+
+def _check_keys(value: list[SecretStr]) -> list[SecretStr]:
+    for key in value:
+        _refuse_placeholder(key, "access key")
+        if len(key.get_secret_value()) < 8:
+            raise ValueError("access keys must be at least 8 characters")
+    return value
 
 
 class _Section(BaseModel):
@@ -49,15 +81,28 @@ class ServerSettings(_Section):
     @field_validator("access_keys")
     @classmethod
     def _keys(cls, value: list[SecretStr]) -> list[SecretStr]:
-        for key in value:
-            _refuse_placeholder(key, "access key")
-            if len(key.get_secret_value()) < 8:
-                raise ValueError("access keys must be at least 8 characters")
-        return value
+        return _check_keys(value)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return _http_url(value, "public_url")
 
 
 class DatabaseSettings(_Section):
     path: Path = Path("/var/lib/wp-sync-bridge/bridge.db")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: Path) -> Path:
+        if value.is_dir():
+            raise ValueError(f"{value} is a directory; name the database file inside it (e.g. {value / 'bridge.db'})")
+        for parent in value.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ValueError(f"{value} is under {parent}, which is a file, not a directory")
+                break
+        return value
 
 
 class WorkerSettings(_Section):
@@ -83,6 +128,8 @@ class WordPressSettings(_Section):
     timeout_s: float = Field(15, gt=0)
     max_connections: int = Field(8, ge=1)
     default_role: str = "subscriber"
+    # Roles a delivery or CRM record may ask for; unset: the default role alone (the operator
+    # lists more). administrator is never granted.
     allowed_roles: list[str] | None = None
     username_format: Literal["email", "flname", "fnamenum"] = "email"
     password_length: int = Field(16, ge=8, le=128)
@@ -92,6 +139,22 @@ class WordPressSettings(_Section):
     def _app_password(cls, value: SecretStr) -> SecretStr:
         _refuse_placeholder(value, "application_password")
         return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url(value, "url")
+
+    @field_validator("default_role")
+    @classmethod
+    def _default_role(cls, value: str) -> str:
+        if value.strip().lower() == "administrator":
+            raise ValueError("administrator can never be granted by the bridge; use a role such as subscriber")
+        return value
+
+    def granted_roles(self) -> list[str]:
+        """The roles the bridge may set: ``allowed_roles``, else only ``default_role``."""
+        return list(self.allowed_roles) if self.allowed_roles is not None else [self.default_role]
 
     @field_validator("allowed_roles")
     @classmethod
@@ -115,6 +178,13 @@ class ConnectionSettings(_Section):
     # Also write back e.g. {"user_login" = "wp_login", "user_id" = "wp_user_id"}.
     return_fields: dict[Literal["user_login", "user_id"], str] = Field(default_factory=dict)
     signing_secrets: list[SecretStr] = Field(default_factory=list)
+    # Keys that work for this connection only (server.access_keys work for every connection).
+    access_keys: list[SecretStr] = Field(default_factory=list)
+    # Networks the CRM sends from (client address as seen behind server.trusted_proxies); empty: any.
+    allowed_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+    # Query parameters allowed to name the contact or role instead of the body. Not on a
+    # connection with signing_secrets: the signature covers the body, not the query string.
+    query_overrides: list[Literal["email", "contact_id", "role"]] = Field(default_factory=lambda: ["role"])
     create_on_update: bool = False
     delete_policy: Literal["ignore", "remove_roles", "delete"] = "ignore"
     reassign_to: int | None = None
@@ -127,15 +197,51 @@ class ConnectionSettings(_Section):
             _refuse_placeholder(secret, f"secret {name!r}")
         return value
 
+    @field_validator("access_keys")
+    @classmethod
+    def _keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        return _check_keys(value)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        return _http_url(value, "base_url")
+
     @model_validator(mode="after")
     def _policy(self) -> "ConnectionSettings":
         if self.delete_policy == "delete" and self.reassign_to is None:
             raise ValueError("delete_policy = 'delete' needs reassign_to (the user ID that receives the content)")
         try:
-            self.spec()
+            spec = self.spec()
         except (ValueError, ValidationError) as exc:
             raise ValueError(_first_error(exc)) from None
+        problems = self.template_problems(spec)
+        if problems:
+            raise ValueError(problems[0])
         return self
+
+    def template_problems(self, spec: ConnectorSpec) -> list[str]:
+        """Every request template that could not be rendered, named by its connector key."""
+        secrets = set(self.secrets)
+        out = []
+        for name, value in spec.headers.items():
+            out += [f"connector.headers.{name}: {p}" for p in template_problems(value, set(), secrets)]
+        for request_name, known in REQUEST_FIELDS.items():
+            request = getattr(spec, request_name)
+            if request is None:
+                continue
+            template = {"path": request.path, "query": request.query, "json_body": request.json_body}
+            out += [f"connector.{request_name}: {p}" for p in template_problems(template, known, secrets)]
+        if any(getattr(spec, r) is not None for r in REQUEST_FIELDS) and spec.base_url:
+            try:
+                _http_url(spec.base_url, "base_url")
+            except ValueError as exc:
+                out.append(f"connector.base_url: {exc}")
+        return out
+
+    def overrides_allowed(self) -> frozenset[str]:
+        """The query overrides this connection takes (none on a signed connection)."""
+        return frozenset() if self.signing_secrets else frozenset(self.query_overrides)
 
     def spec(self) -> ConnectorSpec:
         """The connector description of this connection (preset + overrides)."""
@@ -159,8 +265,13 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     wordpress: WordPressSettings = Field(default_factory=WordPressSettings)
     connections: dict[str, ConnectionSettings] = Field(default_factory=dict)
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["json", "console"] = "json"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @classmethod
     def settings_customise_sources(
@@ -177,6 +288,10 @@ class Settings(BaseSettings):
         if default is not None and default not in self.connections:
             raise ValueError(f"server.default_connection {default!r} is not a configured connection")
         return self
+
+    def has_access_keys(self) -> bool:
+        """Whether any key (global or per connection) can authenticate a delivery."""
+        return bool(self.server.access_keys) or any(c.access_keys for c in self.connections.values())
 
     def default_connection(self) -> str | None:
         """The connection used on ``/`` when the request names none."""

@@ -21,14 +21,24 @@ from bridge.clients.crm import CrmClient
 from bridge.clients.wordpress import UpsertRequest, UpsertResult, WordPress
 from bridge.core.decide import base_login, generate_password, resolve_role
 from bridge.core.delivery import Delivery
+from bridge.core.emails import normalize_email
 from bridge.core.mapping import ContactFields, map_record, redacted_fields
 from bridge.core.paths import get_path
-from bridge.errors import Permanent
+from bridge.errors import BadDelivery, Permanent
 from bridge.settings import Settings
 from bridge.store.jobs import JobStore
 from bridge.store.queue import Job
 
 log = structlog.get_logger("bridge.sync")
+
+
+def normalize_email_or_permanent(email: str) -> str:
+    """The record's email as WordPress takes it; an address WordPress refuses is a Permanent error
+    (retrying cannot fix the CRM's data)."""
+    try:
+        return normalize_email(email)
+    except BadDelivery as err:
+        raise Permanent("bridge", err.message) from None
 ROLES_TTL_S = 60.0
 
 
@@ -51,19 +61,17 @@ class SyncContext:
         return self._roles
 
 
-async def _record(crm: CrmClient, delivery: Delivery, fetch: bool) -> tuple[dict[str, Any], bool]:
-    """The contact record and whether the CRM knows the contact: fetched from the CRM when the
-    connector can, else (or when the CRM has no such contact) taken from the delivery."""
+async def _record(crm: CrmClient, delivery: Delivery, fetch: bool) -> tuple[dict[str, Any] | None, bool]:
+    """The contact record and whether it came from the CRM.
+
+    When the connector fetches contacts, the CRM record is the only source of account fields: the
+    delivery (whose access key may have leaked) only names the contact, and a contact the CRM does
+    not know gives None, so nothing is written. Otherwise the delivery is the record."""
     spec = crm.spec
-    from_delivery = get_path(delivery.body, spec.record_path) if spec.record_path else delivery.body
     if spec.fetch is not None and fetch:
-        record = await crm.fetch_contact(delivery.contact_id, delivery.email)
-        if record is not None:
-            return record, True
-        known = False
-    else:
-        known = True
-    return (from_delivery if isinstance(from_delivery, dict) else {}), known
+        return await crm.fetch_contact(delivery.contact_id, delivery.email), True
+    from_delivery = get_path(delivery.body, spec.record_path) if spec.record_path else delivery.body
+    return (from_delivery if isinstance(from_delivery, dict) else {}), False
 
 
 def _write_back_fields(conn_settings, password: str | None, result: UpsertResult) -> dict[str, Any]:
@@ -125,17 +133,20 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
     if action == "delete":
         return await _delete(ctx, conn, crm, delivery)
 
-    record, known = await _record(crm, delivery, fetch=conn.fetch_contact)
+    record, fetched = await _record(crm, delivery, fetch=conn.fetch_contact)
+    if record is None:  # the CRM does not know the contact: nothing the delivery says is taken
+        log.info("sync.not_in_crm", job_id=job.id, connection=delivery.connection)
+        return {"outcome": "not_in_crm", "action": action}
     fields = map_record(crm.spec, record, redacted_fields(crm.spec, delivery.body))
-    email = fields.user_email or delivery.email
+    email = fields.user_email if fetched else (fields.user_email or delivery.email)
     if not email:
-        if not known:  # the CRM has no such contact and the delivery says too little: nothing to sync
-            return {"outcome": "not_in_crm", "action": action}
-        raise Permanent("bridge", "the contact has no email address (neither in the CRM record nor in the delivery)")
+        where = "the CRM record" if fetched else "the delivery"
+        raise Permanent("bridge", f"the contact has no email address in {where} (mapped to user_email)")
+    email = normalize_email_or_permanent(email)
 
     roles = await ctx.site_roles()
     wp = ctx.settings.wordpress
-    decision = resolve_role(delivery.role or fields.role, roles, wp.allowed_roles, wp.default_role, creating=False)
+    decision = resolve_role(delivery.role or fields.role, roles, wp.granted_roles(), wp.default_role, creating=False)
     warnings = [decision.warning] if decision.warning else []
     if decision.warning:
         log.warning("sync.role_fallback", job_id=job.id, warning=decision.warning)

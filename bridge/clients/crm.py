@@ -13,7 +13,7 @@ import aiohttp
 from bridge.clients.http import retrying, send
 from bridge.core.connector import ConnectorSpec, RequestSpec
 from bridge.core.paths import get_path
-from bridge.core.templates import render, render_text
+from bridge.core.templates import UnsafePathValue, render, render_text
 from bridge.errors import NotFound, Permanent
 from bridge.settings import ConnectionSettings, WorkerSettings
 
@@ -37,7 +37,10 @@ class CrmClient:
     def build(self, request: RequestSpec, values: dict[str, Any]) -> dict[str, Any]:
         """The concrete request (method, url, headers, params, json) for a template and merge values."""
         merged = self._values(**values)
-        url = self.spec.base_url.rstrip("/") + render_text(request.path, merged, url_quote=True)
+        try:
+            url = self.spec.base_url.rstrip("/") + render_text(request.path, merged, url_quote=True)
+        except UnsafePathValue as exc:
+            raise Permanent(self.service, str(exc)) from None
         out: dict[str, Any] = {
             "method": request.method,
             "url": url,

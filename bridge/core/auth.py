@@ -9,6 +9,8 @@ from typing import Iterable, Mapping
 
 from bridge.errors import BadDelivery
 
+SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
 
 def key_matches(provided: str | None, keys: Iterable[str]) -> bool:
     """Whether ``provided`` equals one of ``keys``; every key is compared, in constant time."""

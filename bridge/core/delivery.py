@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from bridge.core.connector import ConnectorSpec
+from bridge.core.emails import normalize_email
 from bridge.core.paths import first_path, get_path
 from bridge.errors import BadDelivery
 
@@ -30,6 +31,10 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))  # reused: json.dumps with op
 TRUE_WORDS = {"1", "true", "yes", "on"}
 # Query parameters that never take part in a dedupe key or get stored: they are credentials.
 SECRET_PARAMS = frozenset({"access_key"})
+# Query parameters that name the contact or the role instead of the body: a connection opts in.
+OVERRIDE_PARAMS = ("email", "contact_id", "role")
+# A contact ID reaches CRM request paths: nothing in it may move to another path segment.
+_UNSAFE_ID = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 4x (object.__setattr__ per field)
@@ -49,10 +54,11 @@ class Delivery:
 
     @property
     def contact_key(self) -> str:
-        """The key that orders a contact's jobs: the CRM contact ID, else the lower-cased email."""
-        if self.contact_id:
+        """The key that orders a contact's jobs: the CRM contact ID, else the case-folded email."""
+        if self.contact_id and not (self.email and self.contact_id.casefold() == self.email.casefold()):
             return f"{self.connection}:id:{self.contact_id}"
-        return f"{self.connection}:email:{(self.email or '').lower()}"
+        # A contact ID that is the email (Customerly) orders with it: Bob@x and bob@x are one contact.
+        return f"{self.connection}:email:{(self.email or self.contact_id or '').casefold()}"
 
     def to_payload(self) -> dict[str, Any]:
         """The JSON-safe form stored with the job."""
@@ -209,19 +215,45 @@ def _utf8(text: str) -> bool:
     return True
 
 
+def check_overrides(query: Mapping[str, str], allowed: frozenset[str]) -> None:
+    """Refuse (400) a query parameter that would name the contact or role when the connection does
+    not take it from the query (the access key leaks; on a signed connection the query is unsigned)."""
+    for name in OVERRIDE_PARAMS:
+        if name not in allowed and _text(query.get(name)) is not None:
+            raise BadDelivery(
+                400, "override_not_allowed",
+                f"the query parameter {name!r} is not taken on this connection (query_overrides; never on a"
+                " connection that checks signatures): send it in the body", field=name,
+            )
+
+
+def check_contact_id(contact_id: str) -> None:
+    """Refuse (422) a contact ID that could change a CRM request path or cannot be stored."""
+    if len(contact_id) > 255:
+        raise BadDelivery(422, "invalid_contact_id", "contact ID longer than 255 characters", field="contact_id")
+    if not _utf8(contact_id):
+        raise BadDelivery(422, "invalid_contact_id", "contact ID is not valid Unicode (lone surrogate)", field="contact_id")
+    if contact_id in (".", "..") or _UNSAFE_ID.search(contact_id):
+        raise BadDelivery(422, "invalid_contact_id",
+                          "contact ID may not be '.' or '..' or contain slashes, backslashes or control characters",
+                          field="contact_id")
+
+
 def parse_delivery(
     connection: str,
     spec: ConnectorSpec,
     query: Mapping[str, str],
     content_type: str | None,
     body: bytes,
+    overrides: frozenset[str] = frozenset(),
 ) -> Delivery:
     """Turn a request into a Delivery, or raise BadDelivery saying what is wrong.
 
     The action comes from ``wpf_action`` (aliases resolved), else the body's operation, else the
-    connector's default. The contact comes from the ``contact_id``/``email`` query parameters,
-    else the connector's JSON paths.
+    connector's default. The contact comes from the ``contact_id``/``email`` query parameters when
+    the connection takes them (``overrides``), else the connector's JSON paths.
     """
+    check_overrides(query, overrides)
     data, text = parse_body(content_type, body)
     action, operation = _action_for(spec, query, data)
     if action == "test":
@@ -241,12 +273,12 @@ def parse_delivery(
     if contact_id is None and email is None:
         looked = ", ".join(dict.fromkeys(["query contact_id", "query email", *spec.contact_id_paths, *spec.email_paths, "contact_id", "email"]))
         raise BadDelivery(422, "missing_contact", f"no contact ID or email found (looked at {looked})", field="contact_id")
-    if email is not None and ("@" not in email or len(email) > 254 or _SPACE.search(email) or not _utf8(email)):
-        raise BadDelivery(422, "invalid_email", f"email {email[:60]!r} is not an address", field="email")
-    if contact_id is not None and len(contact_id) > 255:
-        raise BadDelivery(422, "invalid_contact_id", "contact ID longer than 255 characters", field="contact_id")
-    if contact_id is not None and not _utf8(contact_id):
-        raise BadDelivery(422, "invalid_contact_id", "contact ID is not valid Unicode (lone surrogate)", field="contact_id")
+    if email is not None:
+        if "@" not in email or len(email) > 254 or _SPACE.search(email) or not _utf8(email):
+            raise BadDelivery(422, "invalid_email", f"email {email[:60]!r} is not an address", field="email")
+        email = normalize_email(email)
+    if contact_id is not None:
+        check_contact_id(contact_id)
     role = _text(query.get("role"))
     notify = (query.get("send_notification") or "").strip().lower() in TRUE_WORDS
     return Delivery(connection, action, contact_id, email, role, notify, data, operation, text)

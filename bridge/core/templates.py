@@ -35,12 +35,22 @@ def _lookup(values: dict[str, Any], name: str) -> Any:
     return value
 
 
+class UnsafePathValue(ValueError):
+    """A value that would change a URL path's segments if placed in it (``.`` or ``..``)."""
+
+
 def render_text(template: str, values: dict[str, Any], *, url_quote: bool = False) -> str:
-    """Interpolate merge fields into a string; ``url_quote`` percent-encodes each value."""
+    """Interpolate merge fields into a string; ``url_quote`` percent-encodes each value (slashes
+    included) and refuses ``.`` and ``..``, which URL normalisation (yarl, RFC 3986 section 5.2.4)
+    would turn into a move up the path even when percent-encoded."""
 
     def sub(m: re.Match[str]) -> str:
         text = str(_lookup(values, m.group(1)))
-        return quote(text, safe="") if url_quote else text
+        if not url_quote:
+            return text
+        if text.strip() in (".", ".."):
+            raise UnsafePathValue(f"{{{{{m.group(1)}}}}} is {text!r}, which cannot be placed in a URL path")
+        return quote(text, safe="")
 
     return _FIELD.sub(sub, template)
 
@@ -57,6 +67,38 @@ def render(template: Any, values: dict[str, Any]) -> Any:
     if isinstance(template, list):
         return [render(v, values) for v in template]
     return template
+
+
+_BRACES = re.compile(r"\{\{|\}\}")
+
+
+def template_strings(template: Any) -> list[str]:
+    """Every string of a JSON template, keys included, in order."""
+    if isinstance(template, str):
+        return [template]
+    if isinstance(template, dict):
+        return [s for k, v in template.items() for s in (str(k), *template_strings(v))]
+    if isinstance(template, list):
+        return [s for v in template for s in template_strings(v)]
+    return []
+
+
+def template_problems(template: Any, known: set[str], secrets: set[str]) -> list[str]:
+    """What is wrong with a template, given the merge fields its request fills (``known``) and the
+    connection's secret names: malformed braces (a hole that would be sent as text) and unknown
+    names. Empty when the template can always be rendered."""
+    problems = []
+    for text in template_strings(template):
+        if _BRACES.search(_FIELD.sub("", text)):
+            problems.append(f"malformed merge field in {text[:80]!r} (write {{{{name}}}})")
+    for name in sorted(merge_fields(template)):
+        if name.startswith("secrets."):
+            if name[len("secrets."):] not in secrets:
+                have = ", ".join(sorted(secrets)) or "none"
+                problems.append(f"{{{{{name}}}}} names a secret the connection does not have (secrets: {have})")
+        elif name not in known:
+            problems.append(f"unknown merge field {{{{{name}}}}} (this request fills {', '.join(sorted(known))})")
+    return problems
 
 
 def merge_fields(template: Any) -> set[str]:

@@ -84,7 +84,7 @@ class JobStore:
         """Keep a rejected delivery (see ``queue.reject``)."""
         return await self._writer.run(
             q.reject, self.clock(), fields["connection"], fields["status"], fields["reason"],
-            fields["method"], fields["query"], fields["content_type"], fields["body"],
+            fields["method"], fields["query"], fields["content_type"], fields["body"], fields.get("auth"),
         )
 
     async def claim(self, limit: int, lease_s: float) -> list[q.Job]:

@@ -69,12 +69,15 @@ def enqueue(
 
 
 def reject(conn: sqlite3.Connection, now: float, connection: str | None, status: int, reason: str,
-           method: str, query: dict[str, str], content_type: str | None, body: bytes) -> int:
-    """Keep an authenticated delivery that could not be accepted, raw, for inspection and replay."""
+           method: str, query: dict[str, str], content_type: str | None, body: bytes,
+           auth: dict[str, Any] | None = None) -> int:
+    """Keep an authenticated delivery that could not be accepted, raw, for inspection and replay;
+    ``auth`` records how it was authenticated (key scope, signature headers)."""
     cur = conn.execute(
-        "INSERT INTO rejected (received_at, connection, status, reason, method, query, content_type, body)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (now, connection, status, reason, method, json.dumps(query), content_type, body),
+        "INSERT INTO rejected (received_at, connection, status, reason, method, query, content_type, body, auth)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (now, connection, status, reason, method, json.dumps(query), content_type, body,
+         json.dumps(auth) if auth is not None else None),
     )
     return cur.lastrowid
 

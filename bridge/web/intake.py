@@ -7,14 +7,17 @@ an accepted one is answered 202 only after its job is committed to disk.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from typing import Any, Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.http_parser import HAS_BROTLI
+from aiohttp.web_protocol import RequestPayloadError
 
-from bridge.core.auth import key_matches, verify_signature
+from bridge.core.auth import SIGNATURE_HEADERS, key_matches, verify_signature
 from bridge.core.delivery import dedupe_key, parse_delivery, public_query
 from bridge.core.discovery import mask, shape
 from bridge.errors import BadDelivery
@@ -27,6 +30,9 @@ from bridge.web.throttle import FailureThrottle, client_address
 log = structlog.get_logger("bridge.intake")
 MAX_SHAPES = 1000
 FINGERPRINT_MAX_BYTES = 4096
+# The encodings aiohttp's parser decodes (http_parser.HttpRequestParser); any other would reach the
+# JSON parser still encoded. zstd is refused by the parser itself unless its module is installed.
+DECODED_ENCODINGS = ("", "identity", "gzip", "deflate", *(("br",) if HAS_BROTLI else ()))
 
 
 def json_error(err: BadDelivery, headers: dict[str, str] | None = None) -> web.Response:
@@ -47,6 +53,8 @@ class Intake:
         self.specs = {name: conn.spec() for name, conn in settings.connections.items()}
         self.default_connection = settings.default_connection()
         self.keys = [k.get_secret_value() for k in settings.server.access_keys]
+        self.connection_keys = {name: [k.get_secret_value() for k in conn.access_keys]
+                                for name, conn in settings.connections.items()}
         self.trusted_proxies = frozenset(settings.server.trusted_proxies)
         self.throttle = FailureThrottle(settings.server.auth_failures_per_min, settings.server.auth_tracker_size, time.monotonic)
         # Bound once (after logging is configured), not per delivery through the lazy proxy.
@@ -64,30 +72,72 @@ class Intake:
             self.metrics.delivery(None, "throttled")
             return json_error(BadDelivery(429, "too_many_failures", "too many requests with a wrong access key; slow down"),
                               {"Retry-After": str(int(wait_s) + 1)})
+        connection = request.match_info.get("connection") or request.query.get("connection") or self.default_connection
         provided = request.query.get("access_key") or request.headers.get("X-Access-Key")
-        if not key_matches(provided, self.keys):
+        scope = self._key_scope(provided, connection)
+        if scope is None:
             self.throttle.failed(address)
             self.metrics.delivery(None, "forbidden")
             self.log.warning("delivery.forbidden", remote=address, key_given=bool(provided))
             return json_error(BadDelivery(403, "invalid_access_key", "Invalid Access Key" if provided else "access_key is missing", field="access_key"))
-        connection = request.match_info.get("connection") or request.query.get("connection") or self.default_connection
+        conn = self.settings.connections.get(connection) if connection else None
+        if conn is not None and conn.allowed_networks and not _in_networks(address, conn.allowed_networks):
+            self.metrics.delivery(connection, "network_not_allowed")
+            self.log.warning("delivery.forbidden", remote=address, connection=connection, reason="network_not_allowed")
+            return json_error(BadDelivery(403, "network_not_allowed",
+                                          f"deliveries for {connection!r} are not accepted from this address",
+                                          field="connection"))
         query = dict(request.query)
         try:
             body = await self._read_body(request)
+            if conn is not None and conn.signing_secrets:
+                # Unsigned is unauthenticated: answered 401 and not kept (a replay could not check it).
+                verify_signature([s.get_secret_value() for s in conn.signing_secrets], request.headers, body,
+                                 self.clock(), self.settings.server.signature_tolerance_s)
         except BadDelivery as err:
-            self.metrics.delivery(connection, err.code)
+            self.metrics.delivery(connection if conn is not None else None, err.code)
+            if err.status == 401:
+                self.log.warning("delivery.forbidden", remote=address, connection=connection, reason=err.code)
             return json_error(err)
         try:
             return await self._accept(request, connection, query, body)
         except BadDelivery as err:
+            auth: dict[str, Any] = {"scope": scope}
+            if conn is not None and conn.signing_secrets:
+                auth["webhook"] = {h: request.headers.get(h) for h in SIGNATURE_HEADERS}
             await self.store.reject(connection=connection, status=err.status, reason=f"{err.code}: {err.message}",
                                     method=request.method, query=public_query(query),
-                                    content_type=request.headers.get("Content-Type"), body=body)
-            self.metrics.delivery(connection, err.code)
+                                    content_type=request.headers.get("Content-Type"), body=body, auth=auth)
+            self.metrics.delivery(connection if conn is not None else None, err.code)
             self.log.info("delivery.rejected", connection=connection, status=err.status, reason=err.code, detail=err.message)
             return json_error(err)
 
+    def _key_scope(self, provided: str | None, connection: str | None) -> str | None:
+        """``global`` or ``connection`` for a key that may deliver to ``connection``; None otherwise.
+        Every configured key is compared (constant time), whichever matches."""
+        scoped = self.connection_keys.get(connection or "", ())
+        global_ok = key_matches(provided, self.keys)
+        scoped_ok = key_matches(provided, scoped)
+        if global_ok:
+            return "global"
+        return "connection" if scoped_ok else None
+
     async def _read_body(self, request: web.Request) -> bytes:
+        """The body, decoded; BadDelivery 413 over the limit, 415 for a Content-Encoding aiohttp
+        would pass through undecoded, 400 for one it cannot decode (a corrupt gzip)."""
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in DECODED_ENCODINGS:
+            raise BadDelivery(415, "unsupported_content_encoding",
+                              f"Content-Encoding {encoding[:40]!r} is not accepted; send {', '.join(DECODED_ENCODINGS[1:])} or none",
+                              field="content-encoding")
+        try:
+            return await self._read_decoded(request)
+        except RequestPayloadError as exc:
+            raise BadDelivery(400, "invalid_content_encoding",
+                              f"the body cannot be decoded as Content-Encoding {encoding!r}: {str(exc).split(':')[-1].strip()[:80]}",
+                              field="content-encoding") from None
+
+    async def _read_decoded(self, request: web.Request) -> bytes:
         limit = self.settings.server.max_body_bytes
         length = request.content_length  # parsed from the header on every access: once
         if length is not None:
@@ -107,10 +157,8 @@ class Intake:
             known = ", ".join(sorted(self.specs)) or "none configured"
             raise BadDelivery(404, "unknown_connection", f"connection {str(connection)[:60]!r} is not configured (known: {known})", field="connection")
         conn = self.settings.connections[connection]
-        if conn.signing_secrets:
-            verify_signature([s.get_secret_value() for s in conn.signing_secrets], request.headers, body,
-                             self.clock(), self.settings.server.signature_tolerance_s)
-        delivery = parse_delivery(connection, self.specs[connection], query, request.headers.get("Content-Type"), body)
+        delivery = parse_delivery(connection, self.specs[connection], query, request.headers.get("Content-Type"), body,
+                                  conn.overrides_allowed())
         if delivery.action == "test":
             self.metrics.delivery(connection, "test")
             return web.json_response({"success": True})
@@ -152,6 +200,15 @@ class Intake:
             return False
         self._shapes.add(key)
         return True
+
+
+def _in_networks(address: str, networks: list) -> bool:
+    """Whether a client address lies in one of the networks (an unparsable address never does)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks if net.version == ip.version)
 
 
 def _fingerprint(value: Any) -> Any:

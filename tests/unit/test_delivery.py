@@ -5,10 +5,11 @@ import json
 import pytest
 
 from bridge.core.connector import build_connector
-from bridge.core.delivery import Delivery, dedupe_key, normalize_action, parse_delivery
+from bridge.core.delivery import OVERRIDE_PARAMS, Delivery, dedupe_key, normalize_action, parse_delivery
 from bridge.errors import BadDelivery
 
 CUSTOMERLY = build_connector("customerly")
+ALL_OVERRIDES = frozenset(OVERRIDE_PARAMS)
 ROWND = build_connector("rownd")
 USERCOM = build_connector("usercom")
 JSON = "application/json"
@@ -20,7 +21,8 @@ def body(email="ada@example.com"):
 
 def test_wp_fusion_add_with_role_and_notification():
     """The WP Fusion URL contract: action, role and send_notification=true from the query."""
-    d = parse_delivery("c", CUSTOMERLY, {"wpf_action": "add", "role": "customer", "send_notification": "true"}, JSON, body())
+    d = parse_delivery("c", CUSTOMERLY, {"wpf_action": "add", "role": "customer", "send_notification": "true"}, JSON, body(),
+                       ALL_OVERRIDES)
     assert (d.action, d.email, d.contact_id, d.role, d.send_notification) == ("add", "ada@example.com", "ada@example.com", "customer", True)
 
 
@@ -42,7 +44,8 @@ def test_aliases_and_unknown_action():
 
 def test_query_contact_id_overrides_the_body():
     """contact_id and email query parameters take precedence, as in WP Fusion."""
-    d = parse_delivery("c", CUSTOMERLY, {"wpf_action": "update", "contact_id": "X1", "email": "q@example.com"}, JSON, body())
+    d = parse_delivery("c", CUSTOMERLY, {"wpf_action": "update", "contact_id": "X1", "email": "q@example.com"}, JSON, body(),
+                       ALL_OVERRIDES)
     assert (d.contact_id, d.email) == ("X1", "q@example.com")
     assert d.contact_key == "c:id:X1"
 
@@ -96,13 +99,13 @@ def test_usercom_default_action_is_add():
 
 def test_payload_round_trip():
     """What is stored with the job gives back the same Delivery."""
-    d = parse_delivery("c", CUSTOMERLY, {"wpf_action": "add", "role": "r"}, JSON, body())
+    d = parse_delivery("c", CUSTOMERLY, {"wpf_action": "add", "role": "r"}, JSON, body(), ALL_OVERRIDES)
     assert Delivery.from_payload(json.loads(json.dumps(d.to_payload()))) == d
 
 
 @pytest.mark.parametrize("raw, ctype", [
-    (b'{ "data" : {"user": {"data": {"email": "\\u00e9l\\u00e8ve@example.com", "n": [1, 2.5e3, null, true]}}},\n "x": "\\ud800"}', JSON),
-    ('{"data":{"user":{"data":{"email":"zo\u00eb@example.com","name":"\U0001f600 \\" quote"}}}}'.encode(), JSON),
+    (b'{ "data" : {"user": {"data": {"email": "eleve@\\u00e9cole.example", "n": [1, 2.5e3, null, true]}}},\n "x": "\\ud800"}', JSON),
+    ('{"data":{"user":{"data":{"email":"zoe@b\u00fccher.example","name":"\U0001f600 \\" quote"}}}}'.encode(), JSON),
     (b"email=a%2Bb%40example.com&first_name=Al", "application/x-www-form-urlencoded"),
     (b"", JSON),
 ])
@@ -110,7 +113,7 @@ def test_stored_payload_text_reads_back_as_the_same_delivery(raw, ctype):
     """payload_json() reuses a JSON body's own text instead of re-encoding it; it must read back
     exactly as to_payload() would (whitespace, escapes, lone surrogates, numbers, form bodies)."""
     query = {"wpf_action": "add", "email": "q@example.com"} if not raw or ctype != JSON else {"wpf_action": "add"}
-    d = parse_delivery("c", CUSTOMERLY, query, ctype, raw)
+    d = parse_delivery("c", CUSTOMERLY, query, ctype, raw, ALL_OVERRIDES)
     stored = json.loads(d.payload_json())
     assert stored == json.loads(json.dumps(d.to_payload()))
     assert Delivery.from_payload(stored) == d
@@ -142,7 +145,7 @@ def test_a_contact_id_past_64_bits_is_kept_exact():
 
 def test_payload_json_with_a_lone_surrogate_outside_the_body():
     """orjson refuses lone surrogates; the stored text falls back to the stdlib's escape."""
-    d = parse_delivery("c", CUSTOMERLY, {"wpf_action": "add", "role": "r\ud800"}, JSON, body())
+    d = parse_delivery("c", CUSTOMERLY, {"wpf_action": "add", "role": "r\ud800"}, JSON, body(), ALL_OVERRIDES)
     assert json.loads(d.payload_json())["role"] == "r\ud800"
 
 
