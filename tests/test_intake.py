@@ -52,7 +52,10 @@ def intake_config(db_path: Path, **server: Any) -> dict[str, Any]:
         "worker": {"concurrency": 1, "retry_base_s": 3600, "retry_max_s": 7200, "http_attempts": 1, "shutdown_grace_s": 2},
         "wordpress": {"url": "http://127.0.0.1:9", "application_password": APP_PASSWORD, "timeout_s": 2},
         "connections": {
-            "customerly": {"crm": "customerly", "base_url": crm_base, "secrets": {"token": TOKEN}},
+            # This connection opts in to every query override (WP Fusion URLs with &email=...).
+            "customerly": {"crm": "customerly", "base_url": crm_base, "secrets": {"token": TOKEN},
+                           "query_overrides": ["email", "contact_id", "role"]},
+            "strict": {"crm": "customerly", "base_url": crm_base, "secrets": {"token": TOKEN}},
             "signed": {"crm": "customerly", "base_url": crm_base, "secrets": {"token": TOKEN},
                        "signing_secrets": [SIGNING_SECRET]},
         },
@@ -158,7 +161,7 @@ async def test_accepted_delivery_is_in_the_database_when_answered(served):
     job_id = assert_accepted(answer)
     row = served.job(job_id)
     assert row is not None
-    assert (row["connection"], row["action"], row["contact_key"]) == ("customerly", "add", f"customerly:id:{email}")
+    assert (row["connection"], row["action"], row["contact_key"]) == ("customerly", "add", f"customerly:email:{email}")
     payload = json.loads(row["payload"])
     assert (payload["email"], payload["role"], payload["send_notification"]) == (email, "customer", True)
     assert payload["body"] == customerly(email)
@@ -233,6 +236,7 @@ class Bad:
     key_in: str = "query"
     action: str | None = "add"
     chunked: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
     # Kept in `rejected` with its raw body: every authenticated delivery the intake read and refused.
     stored: bool = True
 
@@ -320,8 +324,28 @@ BAD: dict[str, Bad] = {
     "email-too-long": Bad(422, "invalid_email", "not an address", json.dumps(customerly("a" * 250 + "@example.com")).encode()),
     "email-in-query-invalid": Bad(422, "invalid_email", "'nope' is not an address", b"{}", query={"email": "nope"}),
     "contact-id-too-long": Bad(422, "invalid_contact_id", "longer than 255", b"{}", query={"contact_id": "x" * 256}),
-    # a Standard Webhooks connection without the signature headers
-    "signed-without-signature": Bad(401, "missing_signature", "webhook-signature", OK_BODY, path="/hooks/signed"),
+    # contact IDs that would move a CRM request path, emails WordPress refuses
+    "contact-id-dot-dot": Bad(422, "invalid_contact_id", "'..'", b'{"contact_id": ".."}'),
+    "contact-id-with-slash": Bad(422, "invalid_contact_id", "slashes", b'{"contact_id": "1/../../admin"}'),
+    "contact-id-in-query-dot-dot": Bad(422, "invalid_contact_id", "'..'", b"{}", query={"contact_id": ".."}),
+    "email-with-nul": Bad(422, "invalid_email", "control characters", b'{"email": "ada\\u0000@example.com"}'),
+    "email-non-ascii-local": Bad(422, "invalid_email", "ASCII", json.dumps(customerly("zo\u00eb@example.com")).encode()),
+    "email-single-label-domain": Bad(422, "invalid_email", "two labels", json.dumps(customerly("ada@localhost")).encode()),
+    # query overrides on a connection that does not take them
+    "override-email-not-allowed": Bad(400, "override_not_allowed", "'email'", OK_BODY, path="/hooks/strict",
+                                      query={"email": "admin@example.com"}),
+    "override-contact-id-not-allowed": Bad(400, "override_not_allowed", "'contact_id'", OK_BODY, path="/hooks/strict",
+                                           query={"contact_id": "evil"}),
+    # content encodings: one aiohttp would not decode, and a corrupt gzip
+    "content-encoding-compress": Bad(415, "unsupported_content_encoding", "'compress'", OK_BODY,
+                                     headers={"Content-Encoding": "compress"}, stored=False),
+    "content-encoding-two": Bad(415, "unsupported_content_encoding", "'gzip, br'", OK_BODY,
+                                headers={"Content-Encoding": "gzip, br"}, stored=False),
+    "corrupt-gzip": Bad(400, "invalid_content_encoding", "gzip", b"not gzip at all", headers={"Content-Encoding": "gzip"},
+                        stored=False),
+    # a Standard Webhooks connection without the signature headers: unauthenticated, so not kept
+    "signed-without-signature": Bad(401, "missing_signature", "webhook-signature", OK_BODY, path="/hooks/signed",
+                                    stored=False),
 }
 
 
@@ -333,6 +357,7 @@ async def _send_bad(served: Served, case: Bad) -> Answer:
                 yield body[start:start + 64 * 1024]
         data = chunks()
     headers = {"Content-Type": case.content_type} if case.content_type else {}
+    headers.update(case.headers)
     return await served.send(data, path=case.path, method=case.method, query=case.query, headers=headers,
                              key=case.key, key_in=case.key_in, action=case.action)
 
@@ -628,7 +653,7 @@ async def test_rejected_delivery_is_queued_by_replay_once_the_mapping_is_fixed(t
         ok, message = replay_rejected(conn, load_settings(None, **config), rejected_id, time.time())
         assert ok, message
         job = conn.execute("SELECT * FROM jobs").fetchone()
-        assert (job["connection"], job["action"], job["contact_key"]) == ("customerly", "add", f"customerly:id:{email}")
+        assert (job["connection"], job["action"], job["contact_key"]) == ("customerly", "add", f"customerly:email:{email}")
         assert json.loads(job["payload"])["role"] == "customer"
         assert conn.execute("SELECT replayed_job FROM rejected WHERE id = ?", (rejected_id,)).fetchone()[0] == job["id"]
         again, message = replay_rejected(conn, load_settings(None, **config), rejected_id, time.time())

@@ -36,7 +36,13 @@ def migrations() -> list[tuple[int, str, str]]:
         m = _NAME.match(entry.name)
         if m:
             out.append((int(m.group(1)), entry.name, entry.read_text()))
-    return sorted(out)
+    out.sort()
+    numbers = [version for version, _, _ in out]
+    if len(set(numbers)) != len(numbers):
+        # Two files with one number: the second would be skipped silently on every database.
+        clash = sorted({n for n in numbers if numbers.count(n) > 1})
+        raise RuntimeError(f"migrations numbered {clash} more than once: renumber them (bridge/store/migrations)")
+    return out
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
