@@ -19,11 +19,11 @@ import structlog
 
 from bridge.clients.crm import CrmClient
 from bridge.clients.wordpress import UpsertRequest, UpsertResult, WordPress
-from bridge.core.decide import base_login, generate_password, resolve_role
+from bridge.core.decide import generate_password
 from bridge.core.delivery import Delivery
 from bridge.core.emails import normalize_email
-from bridge.core.mapping import ContactFields, map_record, redacted_fields
 from bridge.core.paths import get_path
+from bridge.core.plan import plan_upsert
 from bridge.errors import BadDelivery, Permanent
 from bridge.settings import Settings
 from bridge.store.jobs import JobStore
@@ -85,99 +85,67 @@ def _write_back_fields(conn_settings, password: str | None, result: UpsertResult
     return attributes
 
 
-def _upsert_request(ctx: SyncContext, delivery: Delivery, action: str, fields: ContactFields,
-                    email: str, role: str | None, password: str | None, job: Job) -> UpsertRequest:
-    wp = ctx.settings.wordpress
-    spec = ctx.crms[delivery.connection].spec
-    conn = ctx.settings.connections[delivery.connection]
-    req = UpsertRequest(
-        email=email,
-        default_role=wp.default_role,
-        tags=fields.tags,
-        tags_key=spec.tags_key,
-        contact_id=delivery.contact_id,
-        contact_id_key=spec.contact_id_key,
-        # Lets a repeated run learn that this job created the user, so the write-back still
-        # happens; costs a meta row, so only sent when something is written back.
-        request_id=f"{ctx.store.instance_id}-{job.id}" if conn.return_password_field or conn.return_fields else None,
-    )
-    if action == "update_tags":
-        req.create = False
-        return req
-    req.create = action == "add" or conn.create_on_update
-    req.first_name, req.last_name, req.display_name = fields.first_name, fields.last_name, fields.display_name
-    req.meta = dict(fields.meta)
-    req.role = role
-    if req.create:
-        req.login = fields.user_login or base_login(
-            wp.username_format, email, fields.first_name, fields.last_name, 100 + secrets.randbelow(900)
-        )
-        req.password = password
-        req.send_notification = delivery.send_notification and action == "add"
-    return req
+def job_deliveries(job: Job) -> list[Delivery]:
+    """The deliveries one run covers, oldest first: the job's own and those coalesced into it."""
+    merged = getattr(job, "merged_payloads", None) or ([job.latest_payload] if job.latest_payload else [])
+    return [Delivery.from_payload(p) for p in (job.payload, *merged)]
 
 
 async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
-    """Do one job (and the jobs coalesced into it); return its outcome or raise a typed error."""
-    # Coalesced jobs all pull the contact's current state: from the CRM when the connector
-    # fetches, else from the newest delivery of the run.
-    delivery = Delivery.from_payload(job.newest_payload)
-    conn = ctx.settings.connections.get(delivery.connection)
-    crm = ctx.crms.get(delivery.connection)
+    """Do one job (and the jobs coalesced into it): fetch the record, plan (``bridge.core.plan``),
+    perform the plan's calls; return the outcome or raise a typed error."""
+    deliveries = job_deliveries(job)
+    newest = deliveries[-1]
+    conn = ctx.settings.connections.get(newest.connection)
+    crm = ctx.crms.get(newest.connection)
     if conn is None or crm is None:
-        raise Permanent("bridge", f"connection {delivery.connection!r} is no longer configured")
-    action = job.effective_action
+        raise Permanent("bridge", f"connection {newest.connection!r} is no longer configured")
     stage = json.loads(job.stage) if job.stage else {}
     if stage.get("step") == "write_back":
-        return await _write_back(ctx, job, crm, delivery, stage, job.secret)
-    if action == "delete":
-        return await _delete(ctx, conn, crm, delivery)
+        return await _write_back(ctx, job, crm, newest, stage, job.secret)
+    if newest.action == "delete":
+        return await _delete(ctx, conn, crm, newest)
 
-    record, fetched = await _record(crm, delivery, fetch=conn.fetch_contact)
-    if record is None:  # the CRM does not know the contact: nothing the delivery says is taken
-        log.info("sync.not_in_crm", job_id=job.id, connection=delivery.connection)
-        return {"outcome": "not_in_crm", "action": action}
-    fields = map_record(crm.spec, record, redacted_fields(crm.spec, delivery.body))
-    email = fields.user_email if fetched else (fields.user_email or delivery.email)
-    if not email:
-        where = "the CRM record" if fetched else "the delivery"
-        raise Permanent("bridge", f"the contact has no email address in {where} (mapped to user_email)")
-    email = normalize_email_or_permanent(email)
-
-    roles = await ctx.site_roles()
+    # Coalesced jobs all pull the contact's current state: one CRM fetch for the run.
+    record, fetched = await _record(crm, newest, fetch=conn.fetch_contact)
     wp = ctx.settings.wordpress
-    decision = resolve_role(delivery.role or fields.role, roles, wp.granted_roles(), wp.default_role, creating=False)
-    warnings = [decision.warning] if decision.warning else []
-    if decision.warning:
-        log.warning("sync.role_fallback", job_id=job.id, warning=decision.warning)
-
-    password = fields.user_pass
-    generated = False
-    creating_possible = action == "add" or (action == "update" and conn.create_on_update)
-    if creating_possible and not password:
-        password = job.secret or generate_password(wp.password_length)
-        generated = True
+    roles = await ctx.site_roles()
+    password = job.secret or generate_password(wp.password_length)
+    plan = plan_upsert(deliveries, record, fetched, crm.spec, conn, wp, roles, password, 100 + secrets.randbelow(900))
+    if plan.outcome is not None:
+        log.info(f"sync.{plan.outcome}", job_id=job.id, connection=newest.connection)
+        return {"outcome": plan.outcome, "action": plan.action}
+    if plan.error is not None:
+        raise Permanent("bridge", plan.error)
+    for warning in plan.warnings:
+        log.warning("sync.role_fallback", job_id=job.id, warning=warning)
+    plan.upsert["email"] = normalize_email_or_permanent(plan.upsert["email"])
+    if plan.keep_password and job.secret is None:
         # Kept before the upsert only when it must reach the CRM: a repeated run then sends the
         # same password and the write-back can still happen. Otherwise it is never stored.
-        if job.secret is None and conn.return_password_field:
-            await ctx.store.save_stage(job.id, None, password)
-            job.secret = password
-
-    req = _upsert_request(ctx, delivery, action, fields, email, decision.role if action != "update_tags" else None, password, job)
+        await ctx.store.save_stage(job.id, None, password)
+        job.secret = password
+    req = UpsertRequest(**plan.upsert, notify_email_change=wp.email_change_notice,
+                        # Lets a repeated run learn that this job created the user, so the write-back
+                        # still happens; costs a meta row, so only sent when something is written back.
+                        request_id=f"{ctx.store.instance_id}-{job.id}" if plan.write_back else None)
     result = await ctx.wordpress.upsert(req)
+    if result.outcome == "skipped_privileged":
+        log.warning("sync.skipped_privileged", job_id=job.id, connection=newest.connection, user_id=result.user_id)
     outcome = {
         "outcome": result.outcome, "user_id": result.user_id, "login": result.login, "role": result.role,
-        "changed": result.changed, "warnings": warnings + result.warnings, "action": action,
+        "changed": result.changed, "warnings": plan.warnings + result.warnings, "action": plan.action,
     }
     if job.merged:
         outcome["coalesced"] = job.merged
-    if fields.redacted:
-        outcome["redacted"] = fields.redacted
-    attributes = _write_back_fields(conn, password if generated else None, result) if result.created else {}
+    if plan.redacted:
+        outcome["redacted"] = plan.redacted
+    sent_password = password if plan.password_generated else None
+    attributes = _write_back_fields(conn, sent_password, result) if result.created else {}
     if attributes:
         stage = {"step": "write_back", "outcome": outcome, "fields": sorted(attributes)}
-        await ctx.store.save_stage(job.id, json.dumps(stage), password if generated else None)
-        return await _write_back(ctx, job, crm, delivery, stage, password if generated else None)
+        await ctx.store.save_stage(job.id, json.dumps(stage), sent_password)
+        return await _write_back(ctx, job, crm, newest, stage, sent_password)
     return outcome
 
 

@@ -39,6 +39,8 @@ class UpsertRequest:
     send_notification: bool = False
     create: bool = True
     request_id: str | None = None
+    # WordPress's "email changed" notice to the old address (settings: wordpress.email_change_notice).
+    notify_email_change: bool = True
 
     def as_args(self) -> dict[str, Any]:
         """The JSON/XML-RPC struct, without unset values (XML-RPC has no null)."""
