@@ -1,11 +1,18 @@
 """The bridge's lifecycle: start in order (logging → database → HTTP sessions → workers → web
-server), stop in reverse, drain on SIGTERM within the grace period."""
+server), stop in reverse, drain on SIGTERM within the grace period.
+
+Under systemd (``Type=notify``) it tells the service manager READY=1 once the port is bound, a
+STATUS= line as the queue changes, WATCHDOG=1 while the event loop and the worker loops are alive,
+and STOPPING=1; SIGHUP re-reads the configuration file and applies what can change while running
+(``bridge.reload``), keeping the running configuration when the new one is invalid."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import time
+from pathlib import Path
 
 import aiohttp
 import structlog
@@ -13,11 +20,14 @@ from aiohttp import web
 
 from bridge.clients.crm import CrmClient
 from bridge.clients.wordpress import API_VERSION, make_wordpress
-from bridge.logs import Redactor
+from bridge.errors import CannotStart, ConfigError
+from bridge.logs import Redactor, set_level
 from bridge.metrics import Metrics
-from bridge.settings import Settings
+from bridge.reload import apply_reloadable
+from bridge.settings import Settings, load_settings
 from bridge.store.jobs import JobStore
 from bridge.sync import SyncContext
+from bridge.systemd import Notifier
 from bridge.tasks import TaskGroup
 from bridge.web.intake import Intake
 from bridge.web.server import make_app
@@ -25,6 +35,7 @@ from bridge.worker import Worker
 
 log = structlog.get_logger("bridge.app")
 WP_CHECK_INTERVAL_S = 30.0
+STATUS_INTERVAL_S = 5.0
 
 
 def secrets_of(settings: Settings) -> list[str]:
@@ -40,9 +51,12 @@ def secrets_of(settings: Settings) -> list[str]:
 class Bridge:
     """One running bridge. ``await start()``, then ``await stop()`` (or ``run()`` until a signal)."""
 
-    def __init__(self, settings: Settings, redactor: Redactor | None = None) -> None:
+    def __init__(self, settings: Settings, redactor: Redactor | None = None, config_path: str | Path | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.settings = settings
         self.redactor = redactor
+        self.config_path = config_path  # re-read on SIGHUP
+        self.notifier = notifier or Notifier()
         self.metrics = Metrics()
         self.store: JobStore | None = None
         self.worker: Worker | None = None
@@ -54,29 +68,42 @@ class Bridge:
         self._wp_ok: bool | None = None
         self._wp_error: str | None = None
         self._stopped = asyncio.Event()
+        self._intake: Intake | None = None
+        self._crm_args: tuple = ()
+        self._retired: list = []  # WordPress clients replaced by a reload, closed at stop
+        self._reload_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Open the database, the HTTP sessions, start workers and the web server."""
         s = self.settings
         if self.redactor is not None:
             self.redactor.add(secrets_of(s))
-        self.store = JobStore.open(s.database.path)
+        try:
+            self.store = JobStore.open(s.database.path)
+        except (OSError, sqlite3.Error) as exc:
+            raise CannotStart("database", f"{s.database.path}: {exc}") from None
         self._session = aiohttp.ClientSession(headers={"User-Agent": "wp-sync-bridge"})
         self._wordpress = make_wordpress(s)
-        crms = {name: CrmClient(name, conn, self._session, s.worker, s.wordpress.timeout_s) for name, conn in s.connections.items()}
+        self._crm_args = (self._session, s.worker, s.wordpress.timeout_s)
+        crms = {name: CrmClient(name, conn, *self._crm_args) for name, conn in s.connections.items()}
         ctx = SyncContext(s, self._wordpress, crms, self.store)
         self.worker = Worker(ctx, self.store, self.metrics)
         await self.worker.start()
         self._background.spawn(self._watch_wordpress(), "wordpress.check")
-        intake = Intake(s, self.store, self.metrics, self.worker.notify)
+        self._intake = intake = Intake(s, self.store, self.metrics, self.worker.notify)
         app = make_app(intake, self._ready, self._metrics_body, s.server.max_body_bytes)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, s.server.host, s.server.port, backlog=1024)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CannotStart("listen", f"{s.server.host}:{s.server.port}: {exc.strerror or exc}") from None
         self.port = self.runner.addresses[0][1]
         log.info("bridge.started", host=s.server.host, port=self.port, connections=sorted(s.connections),
                  transport=s.wordpress.transport, database=str(s.database.path))
+        self.notifier.notify(READY=1, STATUS=await self._status_text())
+        self._background.spawn(self._service_manager(), "systemd.status")
 
     async def stop(self) -> None:
         """Stop accepting, drain running jobs within the grace period, close everything."""
@@ -86,8 +113,9 @@ class Bridge:
         if self.worker is not None:
             await self.worker.stop(self.settings.worker.shutdown_grace_s)
         await self._background.cancel()
-        if self._wordpress is not None:
-            await self._wordpress.close()
+        for client in [*self._retired, self._wordpress]:
+            if client is not None:
+                await client.close()
         if self._session is not None:
             await self._session.close()
         if self.store is not None:
@@ -96,15 +124,93 @@ class Bridge:
         self._stopped.set()
 
     async def run(self) -> None:
-        """Start, serve until SIGTERM or SIGINT, then stop."""
-        await self.start()
+        """Start, serve until SIGTERM or SIGINT (SIGHUP reloads), then stop. A failed start still
+        closes what was opened before it raises."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # Handled from the first instant: the default action of SIGHUP would kill the daemon.
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._background.spawn(self.reload(), "config.reload"))
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
         await stop.wait()
         log.info("bridge.stopping", grace_s=self.settings.worker.shutdown_grace_s)
+        self.notifier.notify(STOPPING=1, STATUS="stopping: finishing running jobs")
         await self.stop()
+
+    async def reload(self) -> bool:
+        """Re-read the configuration file and apply the access keys, the log level and the
+        WordPress and CRM secrets; an invalid file is logged and the running configuration kept.
+        Other changed keys are named (``config.reload_needs_restart``), not applied."""
+        if self.store is None or self._intake is None:
+            log.warning("config.reload_ignored", reason="not started yet")
+            return False
+        async with self._reload_lock:
+            self.notifier.notify(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
+            try:
+                return await self._reload()
+            finally:
+                self.notifier.notify(READY=1, STATUS=await self._status_text())
+
+    async def _reload(self) -> bool:
+        try:
+            new = load_settings(self.config_path)
+            if not new.server.access_keys:
+                raise ConfigError("server.access_keys", "at least one access key is required to serve")
+            set_level(new.log_level)
+        except ConfigError as exc:
+            log.error("config.reload_failed", key=exc.key, problem=exc.problem, kept="running configuration")
+            return False
+        except ValueError as exc:
+            log.error("config.reload_failed", key="log_level", problem=str(exc), kept="running configuration")
+            return False
+        s = self.settings
+        if self.redactor is not None:
+            self.redactor.add(secrets_of(new))  # before anything could print them
+        changes = apply_reloadable(s, new)
+        self._intake.keys = [k.get_secret_value() for k in s.server.access_keys]
+        self._intake.log = structlog.get_logger("bridge.intake").bind()  # bound loggers keep their level
+        ctx = self.worker.ctx
+        for name in changes.connections_changed():
+            ctx.crms[name] = CrmClient(name, s.connections[name], *self._crm_args)
+        if changes.wordpress_changed:
+            self._retired.append(self._wordpress)  # running jobs may still use it
+            self._wordpress = ctx.wordpress = make_wordpress(s)
+        log.info("config.reloaded", applied=changes.applied, log_level=s.log_level)
+        if changes.needs_restart:
+            log.warning("config.reload_needs_restart", keys=changes.needs_restart)
+        return True
+
+    async def _status_text(self) -> str:
+        where = f"serving on {self.settings.server.host}:{self.port}"
+        try:
+            async with asyncio.timeout(STATUS_INTERVAL_S):
+                counts = await self.store.counts()
+        except Exception as exc:  # the status line says so; the loop goes on
+            return f"{where}, queue unreadable: {type(exc).__name__}"
+        return f"{where}, {counts['queued']} queued, {counts['running']} running, {counts['dead']} dead"
+
+    async def _service_manager(self) -> None:
+        """STATUS= as the queue changes; WATCHDOG=1 only while the worker loops are alive (this
+        task itself runs on the event loop, so a blocked loop sends nothing either)."""
+        if not self.notifier.enabled:
+            return
+        watchdog_s = self.notifier.watchdog_interval_s
+        interval_s = min(STATUS_INTERVAL_S, watchdog_s or STATUS_INTERVAL_S)
+        last_status, last_status_at = "", 0.0
+        while True:
+            if watchdog_s is not None and self.worker is not None and self.worker.loops_alive:
+                self.notifier.notify(WATCHDOG=1)
+            if time.monotonic() - last_status_at >= STATUS_INTERVAL_S:
+                status = await self._status_text()
+                if status != last_status:
+                    self.notifier.notify(STATUS=status)
+                last_status, last_status_at = status, time.monotonic()
+            await asyncio.sleep(interval_s)
 
     async def _watch_wordpress(self) -> None:
         while True:

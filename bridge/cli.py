@@ -19,7 +19,11 @@ import click
 from bridge.errors import ConfigError
 from bridge.settings import Settings, load_settings
 
+EX_USAGE = 64
+EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_CANTCREAT = 73
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
@@ -84,15 +88,38 @@ def cli() -> None:
     """Keep WordPress users in sync with a CRM through WP Fusion-compatible webhooks."""
 
 
-@cli.command()
+class _SysexitsCommand(click.Command):
+    """A command whose usage errors exit 64 (EX_USAGE) rather than click's 2, so that systemd's
+    RestartPreventExitStatus= can tell them from a crash."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            exc.exit_code = EX_USAGE
+            raise
+
+
+@cli.command(cls=_SysexitsCommand)
 @config_option
 def serve(config: str | None) -> None:
-    """Run the bridge: accept webhooks and process the queue until SIGTERM."""
+    """Run the bridge: accept webhooks and process the queue until SIGTERM (SIGHUP reloads).
+
+    Exit codes (sysexits.h): 64 usage, 66 the config file is missing or unreadable, 69 the listen
+    address cannot be bound, 70 an unexpected error, 73 the database cannot be created or opened,
+    75 the database is in use or newer than this bridge, 78 configuration error.
+    """
+    import os
+
     from bridge.app import Bridge
+    from bridge.errors import CannotStart
     from bridge.logs import configure
     from bridge.store.db import SchemaTooNew
     from bridge.store.jobs import DatabaseLocked
 
+    if config is not None and not os.access(config, os.R_OK):
+        click.echo(f"cannot read the config file {config}: {'unreadable' if os.path.exists(config) else 'not found'}", err=True)
+        sys.exit(EX_NOINPUT)
     settings = _settings(config)
     if not settings.has_access_keys():
         click.echo("configuration error: server.access_keys: at least one access key (here or in a connection's"
@@ -102,15 +129,25 @@ def serve(config: str | None) -> None:
         click.echo("configuration error: connections: no CRM connection is configured; add a [connections.NAME]"
                    " table (see config.example.toml)", err=True)
         sys.exit(EX_CONFIG)
-    redactor = configure(settings.log_level, settings.log_format)
     try:
-        _run(Bridge(settings, redactor).run())
+        redactor = configure(settings.log_level, settings.log_format)
+    except ValueError as exc:
+        click.echo(f"configuration error: log_level: {exc}", err=True)
+        sys.exit(EX_CONFIG)
+    try:
+        _run(Bridge(settings, redactor, config_path=config).run())
     except (DatabaseLocked, SchemaTooNew) as exc:
         click.echo(str(exc), err=True)
         sys.exit(EX_TEMPFAIL)
-    except OSError as exc:
+    except CannotStart as exc:
         click.echo(f"cannot start: {exc}", err=True)
-        sys.exit(EX_UNAVAILABLE)
+        sys.exit(EX_CANTCREAT if exc.what == "database" else EX_UNAVAILABLE)
+    except Exception as exc:  # a bug: its own code, so it is restarted and noticed
+        import structlog
+
+        # Logged through the redactor: the traceback's text may hold a secret.
+        structlog.get_logger("bridge.cli").error("bridge.crashed", error=type(exc).__name__, exc_info=exc)
+        sys.exit(EX_SOFTWARE)
 
 
 @cli.command()

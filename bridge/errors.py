@@ -80,3 +80,12 @@ class AuthFailed(Permanent):
 
 class NotFound(Permanent):
     """The remote has no such resource (e.g. the CRM has no such contact)."""
+
+
+class CannotStart(BridgeError):
+    """The daemon could not take a resource it needs: ``what`` is ``database`` or ``listen``."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"cannot open the {what}: {reason}")
+        self.what = what
+        self.reason = reason

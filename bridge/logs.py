@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from typing import Any, Iterable
@@ -63,8 +64,50 @@ def _to_json(event: dict[str, Any], **_: Any) -> str:
     return _JSON.encode(event)
 
 
-def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (), stream: Any = None) -> Redactor:
-    """Configure structlog and the standard library logging; return the redactor to feed secrets."""
+# syslog(3) priorities for each structlog method: `journalctl -p err` then shows job.dead.
+PRIORITY = {"critical": 2, "exception": 3, "error": 3, "warning": 4, "warn": 4, "info": 6, "debug": 7}
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def level_number(level: str) -> int:
+    """The logging level number of a ``log_level`` setting; ValueError names the accepted ones."""
+    if level.lower() not in LEVELS:
+        raise ValueError(f"log_level {level!r} is not one of {', '.join(LEVELS)}")
+    return logging.getLevelName(level.upper())
+
+
+def stderr_is_journal(environ: Any = None) -> bool:
+    """True when stderr is the journal's stream: ``$JOURNAL_STREAM`` ("DEV:INODE") names the very
+    file of fd 2 (systemd.exec(5), "$JOURNAL_STREAM": compare it, a child may have redirected)."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(part) for part in value.split(":"))
+        st = os.fstat(2)
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def _syslog_prefix(logger: Any, method: str, rendered: str) -> str:
+    """After the renderer: ``<N>`` in front of the line, read by the journal (SyslogLevelPrefix=yes)."""
+    return f"<{PRIORITY.get(method, 6)}>{rendered}"
+
+
+def set_level(level: str) -> None:
+    """Change the level of every logger from now on (SIGHUP reload); ValueError on an unknown one."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level_number(level)))
+
+
+def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (), stream: Any = None,
+              journal: bool | None = None) -> Redactor:
+    """Configure structlog and the standard library logging; return the redactor to feed secrets.
+
+    ``journal`` prefixes each line with its syslog priority; None means "when stderr is the journal"
+    (only when logging to stderr). Raises ValueError for an unknown ``level``.
+    """
+    number = level_number(level)
+    if journal is None:
+        journal = stream is None and stderr_is_journal()
     redactor = Redactor(secrets)
     renderer = structlog.processors.JSONRenderer(serializer=_to_json) if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
@@ -75,8 +118,9 @@ def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (
             structlog.processors.format_exc_info,
             redactor,
             renderer,
+            *([_syslog_prefix] if journal else []),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(number),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,  # configure() may run again (tests, CLI)
     )

@@ -1,12 +1,19 @@
 """The one settings object: built once at start-up from a TOML file and ``WPSB_*`` environment
 variables (nested with ``__``, e.g. ``WPSB_WORDPRESS__APPLICATION_PASSWORD``), then passed down.
 
+Under systemd, secrets can also come from credentials (``LoadCredential=``): each file in
+``$CREDENTIALS_DIRECTORY`` is one setting, named by its dotted key (``wordpress.application_password``,
+``connections.customerly.secrets.token``) or by its environment name
+(``WPSB_WORDPRESS__APPLICATION_PASSWORD``). Precedence: environment, then credentials, then the file.
+
 Validation errors name the key (``ConfigError.key``); placeholder secrets such as ``change-me``
 are refused, so an example file copied unchanged does not start a bridge that accepts anything.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -257,6 +264,64 @@ class ConnectionSettings(_Section):
         return {k: v.get_secret_value() for k, v in self.secrets.items()}
 
 
+LIST_KEYS = {"access_keys", "signing_secrets"}  # a credential of one of these holds one value per line
+
+
+def credential_key(name: str) -> list[str]:
+    """The settings path of a credential file name: ``wordpress.application_password`` or
+    ``WPSB_WORDPRESS__APPLICATION_PASSWORD`` → ``["wordpress", "application_password"]``."""
+    if name.upper().startswith("WPSB_"):
+        return [part.lower() for part in name[5:].split("__")]
+    return name.split(".")
+
+
+def credential_value(key: list[str], text: str) -> Any:
+    """A credential file's content as a setting: JSON when it is a list or object, one item per
+    line for the list keys, else the text without its final newline."""
+    text = text.rstrip("\r\n")
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    if key[-1] in LIST_KEYS:
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    return text
+
+
+class CredentialsSource(PydanticBaseSettingsSource):
+    """Settings from systemd credentials: the files in ``$CREDENTIALS_DIRECTORY`` (systemd.exec(5),
+    "Credentials"; https://systemd.io/CREDENTIALS/), one setting per file."""
+
+    def __init__(self, settings_cls: type[BaseSettings], directory: str | None = None) -> None:
+        super().__init__(settings_cls)
+        self.directory = directory if directory is not None else os.environ.get("CREDENTIALS_DIRECTORY")
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is read in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if not self.directory:
+            return out
+        root = Path(self.directory)
+        try:
+            files = sorted(p for p in root.iterdir() if p.is_file())
+        except OSError as exc:
+            raise ConfigError("$CREDENTIALS_DIRECTORY", f"cannot read {root}: {exc.strerror}") from None
+        for path in files:
+            key = credential_key(path.name)
+            node = out
+            for part in key[:-1]:
+                node = node.setdefault(part, {})
+            try:
+                text = path.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(".".join(key), f"cannot read credential {path}: {exc}") from None
+            node[key[-1]] = credential_value(key, text)
+        return out
+
+
 class Settings(BaseSettings):
     """Everything the bridge is configured with."""
 
@@ -281,8 +346,8 @@ class Settings(BaseSettings):
         env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment overrides the file (secrets are usually given there).
-        return (env_settings, init_settings)
+        # The environment overrides credentials, which override the file (secrets are given there).
+        return (env_settings, CredentialsSource(settings_cls), init_settings)
 
     @model_validator(mode="after")
     def _connections(self) -> "Settings":

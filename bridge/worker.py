@@ -73,6 +73,11 @@ class Worker:
             await self.store.release_running(expired_only=False)
 
     @property
+    def loops_alive(self) -> bool:
+        """Both loops (dispatch, maintenance) are running: what the systemd watchdog vouches for."""
+        return len(self._loops) == 2 and not self._stopping.is_set()
+
+    @property
     def running(self) -> int:
         return len(self._running)
 
