@@ -1,6 +1,6 @@
 """The ``wp-sync-bridge`` command (also ``python -m bridge``).
 
-Exit codes: 0 success, 1 a command's check failed, 64 usage error (click's 2 is kept for usage),
+Exit codes: 0 success, 1 a command's check failed, 2 usage error (64 for `serve`, see its help),
 69 WordPress or a CRM unavailable, 75 the database is in use or newer than this bridge,
 78 configuration error.
 """
