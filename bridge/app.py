@@ -44,6 +44,7 @@ def secrets_of(settings: Settings) -> list[str]:
     values.append(settings.wordpress.application_password.get_secret_value())
     for conn in settings.connections.values():
         values.extend(conn.secret_values().values())
+        values.extend(k.get_secret_value() for k in conn.access_keys)
         values.extend(s.get_secret_value() for s in conn.signing_secrets)
     return [v for v in values if v]
 
@@ -159,7 +160,7 @@ class Bridge:
     async def _reload(self) -> bool:
         try:
             new = load_settings(self.config_path)
-            if not new.server.access_keys:
+            if not new.has_access_keys():
                 raise ConfigError("server.access_keys", "at least one access key is required to serve")
             set_level(new.log_level)
         except ConfigError as exc:
@@ -173,6 +174,8 @@ class Bridge:
             self.redactor.add(secrets_of(new))  # before anything could print them
         changes = apply_reloadable(s, new)
         self._intake.keys = [k.get_secret_value() for k in s.server.access_keys]
+        self._intake.connection_keys = {name: [k.get_secret_value() for k in conn.access_keys]
+                                        for name, conn in s.connections.items()}
         self._intake.log = structlog.get_logger("bridge.intake").bind()  # bound loggers keep their level
         ctx = self.worker.ctx
         for name in changes.connections_changed():

@@ -1,6 +1,7 @@
-"""What a SIGHUP can change in a running bridge: the access keys, the log level and the secrets
-used to reach WordPress and the CRMs. Everything else (addresses, the database, workers,
-connections, mappings) needs a restart; a reload names those keys instead of half-applying them.
+"""What a SIGHUP can change in a running bridge: the access keys (global and per connection), the
+log level and the secrets used to reach WordPress and the CRMs. Everything else (addresses, the
+database, workers, connections, mappings) needs a restart; a reload names those keys instead of
+half-applying them.
 
 Pure: ``apply_reloadable`` copies the reloadable values of a freshly loaded ``Settings`` into the
 running one (the object every part of the bridge holds) and reports what it did; the caller then
@@ -29,8 +30,8 @@ class Reloaded:
         return any(key.startswith("wordpress.") for key in self.applied)
 
     def connections_changed(self) -> set[str]:
-        """Names of the connections whose secrets changed."""
-        return {key.split(".")[1] for key in self.applied if key.startswith("connections.")}
+        """Names of the connections whose CRM secrets changed (their clients are rebuilt)."""
+        return {key.split(".")[1] for key in self.applied if key.startswith("connections.") and key.endswith(".secrets")}
 
 
 def _plain(value: Any) -> Any:
@@ -69,6 +70,7 @@ def apply_reloadable(running: Settings, new: Settings) -> Reloaded:
     for name, conn in running.connections.items():
         if name in new.connections:
             other = new.connections[name]
+            _copy(conn, other, "access_keys", f"connections.{name}.access_keys", out)
             _copy(conn, other, "secrets", f"connections.{name}.secrets", out)
             _copy(conn, other, "signing_secrets", f"connections.{name}.signing_secrets", out)
     out.needs_restart = _differences(_plain(running.model_dump()), _plain(new.model_dump()))

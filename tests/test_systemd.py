@@ -258,8 +258,10 @@ def test_exit_codes_follow_sysexits(tmp_path):
     bad_port = serve_exit(tmp_path, config=config_text(tmp_path, [OLD_KEY]).replace("port = 0", "port = 70000"))
     assert bad_port.returncode == 78 and "server.port" in bad_port.stderr
 
-    no_db = serve_exit(tmp_path, config=config_text(tmp_path, [OLD_KEY]).replace(str(tmp_path / "bridge.db"), "/dev/null/x/bridge.db"))
-    assert no_db.returncode == 73 and "database" in no_db.stderr, no_db.stderr
+    (tmp_path / "bridge.db.lock").mkdir()  # the lock file cannot be created (root passes any permission check)
+    no_db = serve_exit(tmp_path, config=config_text(tmp_path, [OLD_KEY]))
+    assert no_db.returncode == 73 and "cannot open the database" in no_db.stderr, no_db.stderr
+    (tmp_path / "bridge.db.lock").rmdir()
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -270,7 +272,6 @@ def test_exit_codes_follow_sysexits(tmp_path):
 
     import fcntl
 
-    (tmp_path / "bridge.db.lock").touch()
     with open(tmp_path / "bridge.db.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         locked = serve_exit(tmp_path, config=config_text(tmp_path, [OLD_KEY]))

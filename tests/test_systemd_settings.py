@@ -71,7 +71,7 @@ def test_credential_names():
 
 
 def test_reload_applies_secrets_and_names_what_needs_a_restart():
-    """Keys, log level, WordPress and CRM secrets are copied into the running settings; a changed
+    """Keys (global and scoped), log level, WordPress and CRM secrets are copied into the running settings; a changed
     port or worker count is only named."""
     running = load_settings(None, **FILE)
     new_data = json.loads(json.dumps(FILE))
@@ -79,10 +79,11 @@ def test_reload_applies_secrets_and_names_what_needs_a_restart():
     new_data["server"]["port"] = 9090
     new_data["wordpress"]["application_password"] = "new-app-password"
     new_data["connections"]["customerly"]["secrets"] = {"token": "new-token-1"}
+    new_data["connections"]["customerly"]["access_keys"] = ["scoped-access-key-1"]
     new = load_settings(None, log_level="debug", worker={"concurrency": 9}, **new_data)
     changes = apply_reloadable(running, new)
     assert changes.applied == ["server.access_keys", "log_level", "wordpress.application_password",
-                               "connections.customerly.secrets"]
+                               "connections.customerly.access_keys", "connections.customerly.secrets"]
     assert changes.needs_restart == ["server.port", "worker.concurrency"]
     assert changes.wordpress_changed and changes.connections_changed() == {"customerly"}
     assert [k.get_secret_value() for k in running.server.access_keys] == ["new-access-key-1"]
