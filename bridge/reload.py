@@ -31,7 +31,8 @@ class Reloaded:
 
     def connections_changed(self) -> set[str]:
         """Names of the connections whose CRM secrets changed (their clients are rebuilt)."""
-        return {key.split(".")[1] for key in self.applied if key.startswith("connections.") and key.endswith(".secrets")}
+        return {key.split(".")[1] for key in self.applied
+                if key.startswith("connections.") and key.endswith(".secrets")}
 
 
 def _plain(value: Any) -> Any:
@@ -57,7 +58,8 @@ def _differences(old: Any, new: Any, prefix: str = "", depth: int = 2) -> list[s
     if depth == 0 or not (isinstance(old, dict) and isinstance(new, dict)):
         return [prefix or "config"]
     keys = sorted(set(old) | set(new), key=str)
-    return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k), depth - 1)]
+    paths = {k: f"{prefix}.{k}" if prefix else str(k) for k in keys}
+    return [d for k in keys for d in _differences(old.get(k), new.get(k), paths[k], depth - 1)]
 
 
 def apply_reloadable(running: Settings, new: Settings) -> Reloaded:

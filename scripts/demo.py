@@ -131,7 +131,8 @@ class Demo:
             job = self.job(job_id)
             if job and job["status"] in states:
                 outcome = job["outcome"] or {}
-                detail = {k: outcome[k] for k in ("outcome", "user_id", "role", "redacted", "written_back") if outcome.get(k)}
+                shown = ("outcome", "user_id", "role", "redacted", "written_back")
+                detail = {k: outcome[k] for k in shown if outcome.get(k)}
                 say(f"       job {job_id}: {job['status']} {json.dumps(detail)}"
                     + (f" — {job['last_error']}" if job["status"] == "dead" else ""))
                 return job
@@ -190,9 +191,11 @@ def rownd_event(operation: str, data: dict, redacted: list[str] | None = None) -
 async def rownd(demo: Demo) -> None:
     say("\n6. Rownd: insert, update, visibility update (a redacted field is never written), delete")
     say("   a. data_insert")
-    await demo.deliver("/hooks/rownd", rownd_event("data_insert", {"email": JULES, "first_name": "Juliet", "last_name": "Rose"}))
+    await demo.deliver("/hooks/rownd", rownd_event("data_insert", {"email": JULES, "first_name": "Juliet",
+                                                                   "last_name": "Rose"}))
     say("   b. data_update: first name Juliet → Jules")
-    await demo.deliver("/hooks/rownd", rownd_event("data_update", {"email": JULES, "first_name": "Jules", "last_name": "Rose"}))
+    await demo.deliver("/hooks/rownd", rownd_event("data_update", {"email": JULES, "first_name": "Jules",
+                                                                   "last_name": "Rose"}))
     say("   c. visibility_update: first name Jay, last_name now <<REDACTED>> (WordPress keeps Rose)")
     await demo.deliver("/hooks/rownd", rownd_event("visibility_update", {"email": JULES, "first_name": "Jay",
                                                                          "last_name": "<<REDACTED>>"}, ["last_name"]))

@@ -28,8 +28,10 @@ def write_config(path, config: dict) -> None:
     for name, conn in config["connections"].items():
         lines.append(f"[connections.{name}]")
         for k, v in conn.items():
-            value = "{ " + ", ".join(f"{sk} = {json.dumps(sv)}" for sk, sv in v.items()) + " }" if isinstance(v, dict) else json.dumps(v)
-            lines.append(f"{k} = {value}")
+            if isinstance(v, dict):  # an inline table
+                lines.append(f"{k} = {{ " + ", ".join(f"{sk} = {json.dumps(sv)}" for sk, sv in v.items()) + " }")
+            else:
+                lines.append(f"{k} = {json.dumps(v)}")
     path.write_text("\n".join(lines) + "\n")
 
 
