@@ -195,7 +195,8 @@ class Bridge:
                 counts = await self.store.counts()
         except Exception as exc:  # the status line says so; the loop goes on
             return f"{where}, queue unreadable: {type(exc).__name__}"
-        return f"{where}, {counts['queued']} queued, {counts['running']} running, {counts['dead']} dead"
+        status = f"{where}, {counts['queued']} queued, {counts['running']} running, {counts['dead']} dead"
+        return status + ("; WordPress unreachable" if self._wp_ok is False else "")
 
     async def _service_manager(self) -> None:
         """STATUS= as the queue changes; WATCHDOG=1 only while the worker loops are alive (this
