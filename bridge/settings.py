@@ -86,6 +86,8 @@ class WordPressSettings(_Section):
     allowed_roles: list[str] | None = None
     username_format: Literal["email", "flname", "fnamenum"] = "email"
     password_length: int = Field(16, ge=8, le=128)
+    # WordPress's own "email changed" notice to the old address when the CRM changes an email.
+    email_change_notice: bool = True
 
     @field_validator("application_password")
     @classmethod

@@ -92,6 +92,7 @@ def _upsert_request(ctx: SyncContext, delivery: Delivery, action: str, fields: C
         # Lets a repeated run learn that this job created the user, so the write-back still
         # happens; costs a meta row, so only sent when something is written back.
         request_id=f"{ctx.store.instance_id}-{job.id}" if conn.return_password_field or conn.return_fields else None,
+        notify_email_change=wp.email_change_notice,
     )
     if action == "update_tags":
         req.create = False
@@ -154,6 +155,8 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
 
     req = _upsert_request(ctx, delivery, action, fields, email, decision.role if action != "update_tags" else None, password, job)
     result = await ctx.wordpress.upsert(req)
+    if result.outcome == "skipped_privileged":
+        log.warning("sync.skipped_privileged", job_id=job.id, connection=delivery.connection, user_id=result.user_id)
     outcome = {
         "outcome": result.outcome, "user_id": result.user_id, "login": result.login, "role": result.role,
         "changed": result.changed, "warnings": warnings + result.warnings, "action": action,
@@ -191,5 +194,7 @@ async def _delete(ctx: SyncContext, conn, crm: CrmClient, delivery: Delivery) ->
         "email": delivery.email, "contact_id": delivery.contact_id, "contact_id_key": crm.spec.contact_id_key,
         "policy": conn.delete_policy, "reassign_to": conn.reassign_to,
     })
+    if result.get("outcome") == "skipped_privileged":
+        log.warning("sync.skipped_privileged", connection=delivery.connection, user_id=result.get("user_id"), action="delete")
     return {"outcome": result.get("outcome"), "user_id": result.get("user_id") or None, "action": "delete",
             "policy": conn.delete_policy, "warnings": result.get("warnings") or []}
