@@ -170,5 +170,7 @@ async def _delete(ctx: SyncContext, conn, crm: CrmClient, delivery: Delivery) ->
         "email": delivery.email, "contact_id": delivery.contact_id, "contact_id_key": crm.spec.contact_id_key,
         "policy": conn.delete_policy, "reassign_to": conn.reassign_to,
     })
+    if result.get("outcome") == "skipped_privileged":
+        log.warning("sync.skipped_privileged", connection=delivery.connection, user_id=result.get("user_id"), action="delete")
     return {"outcome": result.get("outcome"), "user_id": result.get("user_id") or None, "action": "delete",
             "policy": conn.delete_policy, "warnings": result.get("warnings") or []}

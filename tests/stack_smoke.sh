@@ -5,6 +5,7 @@
 #   tests/stack_smoke.sh            (ports: SMOKE_DB_PORT=33316, SMOKE_WP_PORT=8796)
 #
 # Exits non-zero on the first failure. Needs curl and python3 (for reading JSON/XML answers).
+# `make test` runs it through tests/test_stack_smoke.py, on the suite's ports + 50.
 
 set -euo pipefail
 
@@ -140,8 +141,10 @@ ok "up while running is quick ($((t1 - t0)) ms) and prints the same env"
 # --- REST basics --------------------------------------------------------------------------
 api GET /status
 expect "status code" "$CODE" 200
-expect "plugin_version" "$(j 'd["plugin_version"]' <<<"$BODY")" 1.0.0
-expect "api_version" "$(j 'd["api_version"]' <<<"$BODY")" 1
+expect "plugin_version" "$(j 'd["plugin_version"]' <<<"$BODY")" 2.0.0
+expect "api_version" "$(j 'd["api_version"]' <<<"$BODY")" 2
+expect "caller is the administrator" "$(j 'd["caller"]["is_administrator"]' <<<"$BODY")" true
+expect "caller lacks nothing" "$(j 'd["caller"]["missing_capabilities"]' <<<"$BODY")" "[]"
 expect "wordpress_version" "$(j 'd["wordpress_version"]' <<<"$BODY")" 6.1.9
 expect "php_version" "$(j 'd["php_version"][:2]' <<<"$BODY")" 8.
 ok "GET status"
@@ -156,7 +159,8 @@ api GET /roles
 expect "roles code" "$CODE" 200
 expect "customer role" "$(j '{"slug": "customer", "name": "Customer"} in d["roles"]' <<<"$BODY")" true
 expect "subscriber role" "$(j '{"slug": "subscriber", "name": "Subscriber"} in d["roles"]' <<<"$BODY")" true
-ok "GET roles includes customer"
+expect "bridge role" "$(j '{"slug": "wpsb_bridge", "name": "WP Sync Bridge"} in d["roles"]' <<<"$BODY")" true
+ok "GET roles includes customer and the plugin's wpsb_bridge role"
 
 # --- create, repeat, replay ---------------------------------------------------------------
 expect "mail log empty after install" "$(mail_count)" 0
@@ -261,11 +265,21 @@ expect "role by title" "$(j 'd["role"]' <<<"$BODY")" subscriber
 expect "role by title changed" "$(j 'd["changed"]' <<<"$BODY")" '["role"]'
 ok "an unknown role falls back to default_role; a role title is accepted"
 
-upsert '{"email":"admin@example.com","role":"subscriber","create":false}'
+ADMIN_ROW=$(sql "SELECT user_email, user_pass FROM wp_users WHERE ID = 1")
+upsert '{"email":"admin@example.com","role":"subscriber","first_name":"Pwned","password":"Pwned-123456","set_password":true,"create":false}'
 expect "admin keeps role" "$(j 'd["role"]' <<<"$BODY")" administrator
-expect "admin unchanged" "$(j 'd["outcome"]' <<<"$BODY")" unchanged
+expect "admin skipped" "$(j 'd["outcome"]' <<<"$BODY")" skipped_privileged
+expect "admin nothing changed" "$(j 'd["changed"]' <<<"$BODY")" "[]"
 expect "admin warning" "$(j 'len(d["warnings"])' <<<"$BODY")" 1
-ok "an existing administrator keeps the role"
+expect "admin row" "$(sql "SELECT user_email, user_pass FROM wp_users WHERE ID = 1")" "$ADMIN_ROW"
+ok "an existing administrator is skipped_privileged: role, names, password unchanged"
+
+upsert '{"email":"editor.wanted@example.com","role":"editor"}'
+expect "editor refused role" "$(j 'd["role"]' <<<"$BODY")" subscriber
+upsert '{"email":"editor.default@example.com","default_role":"editor"}'
+expect "editor default_role" "$CODE" 403
+expect "editor default_role error" "$(j 'd["code"]' <<<"$BODY")" wpsb_role_forbidden
+ok "editor is never granted, neither as role nor as default_role"
 
 # --- create=false, errors, contact ID -----------------------------------------------------
 upsert '{"email":"nobody@example.com","create":false}'
@@ -280,11 +294,17 @@ expect "invalid email error" "$(j 'd["code"]' <<<"$BODY")" wpsb_invalid_email
 upsert '{"email":"x@example.com","tags":["a"]}'
 expect "tags without key" "$CODE" 400
 expect "tags without key error" "$(j 'd["code"]' <<<"$BODY")" wpsb_invalid_args
-upsert '{"email":"x@example.com","meta":{"wp_capabilities":{"administrator":true}}}'
-expect "capabilities meta" "$CODE" 400
+upsert '{"email":"x@example.com","meta":{"WP_Capabilities ":{"administrator":true}}}'
+expect "capabilities meta" "$CODE" 403
+expect "capabilities meta error" "$(j 'd["code"]' <<<"$BODY")" wpsb_protected_meta
+api GET "/users/lookup?email=admin@example.com&meta_keys=session_tokens"
+expect "session_tokens read" "$CODE" 403
+upsert '{"email":"x@example.com","meta":{"City":"Rome"}}'
+expect "mixed-case meta" "$CODE" 400
+expect "mixed-case meta error" "$(j 'd["code"]' <<<"$BODY")" wpsb_invalid_meta_key
 api GET "/users/lookup?email=x@example.com"
 expect "nothing created by bad calls" "$BODY" '{"user":null}'
-ok "invalid arguments are 400 with wpsb_invalid_email / wpsb_invalid_args"
+ok "invalid arguments are 400 (wpsb_invalid_email / wpsb_invalid_args / wpsb_invalid_meta_key), protected meta 403"
 
 upsert '{"email":"bob@example.com","contact_id":"c-bob","contact_id_key":"customerly_contact_id"}'
 BOB_ID=$(j 'd["user_id"]' <<<"$BODY")
@@ -294,8 +314,13 @@ expect "email change user" "$(j 'd["user_id"]' <<<"$BODY")" "$BOB_ID"
 upsert '{"email":"malicia@example.com","contact_id":"c-bob","contact_id_key":"customerly_contact_id"}'
 expect "email conflict code" "$CODE" 409
 expect "email conflict error" "$(j 'd["code"]' <<<"$BODY")" wpsb_email_conflict
-expect "no mail for updates" "$(mail_count)" 1
-ok "a user found by contact ID gets the new email; a taken email is 409 wpsb_email_conflict"
+expect "email changed notice to the old address" "$(mail_count_to bob@example.com)" 1
+expect "no mail to the new address" "$(mail_count_to bob.new@example.com)" 0
+upsert '{"email":"bob.newer@example.com","contact_id":"c-bob","contact_id_key":"customerly_contact_id","notify_email_change":false}'
+expect "quiet email change" "$(j 'd["changed"]' <<<"$BODY")" '["email"]'
+expect "no notice when turned off" "$(mail_count_to bob.new@example.com)" 0
+expect "mails so far" "$(mail_count)" 2
+ok "a user found by contact ID gets the new email (notice to the old address unless turned off); a taken email is 409"
 
 # --- passwords and capabilities -----------------------------------------------------------
 # login_ok LOGIN PASSWORD: true when wp-login.php accepts the pair (it answers 302 + cookie).
@@ -319,7 +344,7 @@ login_ok pat "$PW2" || fail "wp-login.php refused the new password"
 ! login_ok pat "$PW1" || fail "the old password still works"
 upsert "{\"email\":\"pat@example.com\",\"password\":\"$PW2\",\"set_password\":true}"
 expect "same password again" "$(j 'd["outcome"]' <<<"$BODY")" unchanged
-expect "no mail for password changes" "$(mail_count)" 1
+expect "no mail for password changes" "$(mail_count)" 2
 ok "password on create, ignored without set_password, changed with it, and logins work"
 
 out=$(curl -sS -u "$AUTH" -H 'Content-Type: application/json' -d '{"name":"smoke"}' \
@@ -359,7 +384,7 @@ ok "5 rounds of 20 concurrent upserts with distinct logins: one user per email"
 
 # --- XML-RPC ------------------------------------------------------------------------------
 out=$(xmlrpc wpsb.status '<struct></struct>')
-expect "xmlrpc status" "$(j 'd["plugin_version"]' <<<"$out")" 1.0.0
+expect "xmlrpc status" "$(j 'd["plugin_version"]' <<<"$out")" 2.0.0
 out=$(xmlrpc wpsb.status '<struct></struct>' wrong-password)
 expect "xmlrpc bad password" "$(j 'd["fault"]["code"]' <<<"$out")" 403
 out=$(WPSB_WP_USER=pat xmlrpc wpsb.status '<struct></struct>' "$PW2")

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from bridge.clients.wordpress import UpsertRequest, make_wordpress
+from bridge.clients.wordpress import API_VERSION, UpsertRequest, make_wordpress
 from bridge.errors import AuthFailed, Permanent
 from bridge.settings import load_settings
 from tests.conftest import unique_email
@@ -41,7 +41,7 @@ def req(email: str, **kw) -> UpsertRequest:
 async def test_status_and_roles(wp):
     """The plugin reports its API version; roles come as slug → name, customer included."""
     status = await wp.status()
-    assert status["api_version"] == 1 and status["plugin_version"]
+    assert status["api_version"] == API_VERSION and status["plugin_version"]
     roles = await wp.roles()
     assert roles["customer"] == "Customer" and "administrator" in roles
 

@@ -1,26 +1,29 @@
 <?php
 /**
  * Plugin Name: WP Sync Bridge companion
- * Description: User find-or-create for the wp-sync-bridge daemon, over REST (wp-sync-bridge/v1) and XML-RPC (wpsb.*). Serialises account creation per email so concurrent webhooks never create duplicate users.
- * Version: 1.0.0
+ * Description: User find-or-create for the wp-sync-bridge daemon, over REST (wp-sync-bridge/v1) and XML-RPC (wpsb.*). Serialises account creation per email so concurrent webhooks never create duplicate users; never modifies a privileged user, never grants a privileged role, never touches protected meta.
+ * Version: 2.0.0
  * Requires at least: 6.0
  * Requires PHP: 7.4
  *
  * Install as a must-use plugin: copy this file to wp-content/mu-plugins/.
  * The contract (routes, methods, arguments, answers, error codes) is in wordpress/README.md
- * of the wp-sync-bridge repository.
+ * of the wp-sync-bridge repository, the security policy in wordpress/SECURITY.md.
  *
- * Layout: each operation is one function taking an array of arguments and returning
- * array|WP_Error (wpsb_op_*). The REST and XML-RPC adaptors only translate arguments in
- * and answers/errors out.
+ * Layout: the security policy first, one class per concern (WPSB_Privilege, WPSB_Meta_Keys,
+ * WPSB_Role_Grants, WPSB_Bridge_Role); then each operation as one function taking an array of
+ * arguments and returning array|WP_Error (wpsb_op_*), which asks the policy classes before it
+ * reads or writes anything. The REST and XML-RPC adaptors only translate arguments in and
+ * answers/errors out.
  *
  * @package wp-sync-bridge
  */
 
 defined( 'ABSPATH' ) || exit;
 
-define( 'WPSB_PLUGIN_VERSION', '1.0.0' );
-define( 'WPSB_API_VERSION', 1 );
+define( 'WPSB_PLUGIN_VERSION', '2.0.0' );
+// 2: privileged users skipped, protected meta and role grants refused (wordpress/SECURITY.md).
+define( 'WPSB_API_VERSION', 2 );
 define( 'WPSB_REST_NAMESPACE', 'wp-sync-bridge/v1' );
 define( 'WPSB_REQUEST_ID_META', '_wpsb_request_id' );
 define( 'WPSB_LOCK_TIMEOUT_S', 10 );
@@ -144,6 +147,581 @@ function wpsb_authorize( array $caps, $object_id = null ) {
 }
 
 /*
+ * =============================================================================================
+ * Security policy (wordpress/SECURITY.md)
+ *
+ * The plugin is the security boundary, whoever calls it: REST or XML-RPC, the bridge or any
+ * other authenticated user. The four classes below decide which meta keys may be named, which
+ * users may be changed, which roles may be granted, and what the bridge's own role may do. The
+ * operations further down only ask them.
+ * =============================================================================================
+ */
+
+/**
+ * Privileged users and roles: those who can administer users or the site, or run code or
+ * unfiltered script on it. The plugin never modifies a privileged user and never grants a
+ * privileged role.
+ */
+final class WPSB_Privilege {
+
+	/**
+	 * Capabilities that make a user or a role privileged. The user and site administration
+	 * capabilities, and those that turn an account into the site's owner by other means: running
+	 * code (plugins, themes, files, core) or publishing unfiltered markup (a script in a post runs
+	 * in an administrator's browser). level_8 and up are the legacy user levels of administrators.
+	 */
+	const CAPABILITIES = array(
+		'manage_options',
+		'list_users',
+		'create_users',
+		'edit_users',
+		'promote_users',
+		'delete_users',
+		'remove_users',
+		'manage_network',
+		'manage_network_users',
+		'manage_network_options',
+		'manage_sites',
+		'activate_plugins',
+		'install_plugins',
+		'edit_plugins',
+		'update_plugins',
+		'delete_plugins',
+		'install_themes',
+		'edit_themes',
+		'update_themes',
+		'delete_themes',
+		'switch_themes',
+		'update_core',
+		'edit_files',
+		'unfiltered_html',
+		'unfiltered_upload',
+		'level_8',
+		'level_9',
+		'level_10',
+	);
+
+	/** Name of the wp-config.php constant (and the option, lower-case) listing managed roles. */
+	const MANAGED_ROLES_CONSTANT = 'WPSB_MANAGED_PRIVILEGED_ROLES';
+	const MANAGED_ROLES_OPTION   = 'wpsb_managed_privileged_roles';
+
+	/**
+	 * Whether a role carries any privileged capability (administrator always counts).
+	 *
+	 * @param string $slug Role slug.
+	 * @return bool False for a role the site does not have.
+	 */
+	public static function role_is_privileged( $slug ) {
+		if ( 'administrator' === $slug ) {
+			return true;
+		}
+		$role = get_role( $slug );
+		return $role && self::grants_any( (array) $role->capabilities );
+	}
+
+	/**
+	 * Whether the plugin must leave this user alone: privileged on this site (or, on a network,
+	 * on any of the user's sites), except through roles the operator opted in.
+	 *
+	 * @param WP_User $user User.
+	 * @return bool
+	 */
+	public static function is_protected_user( WP_User $user ) {
+		if ( ! $user->exists() ) {
+			return false;
+		}
+		if ( self::privileged_on_site( $user ) ) {
+			return true;
+		}
+		if ( is_multisite() ) {
+			// The users table is shared: an email changed here changes it on every site.
+			foreach ( array_keys( get_blogs_of_user( $user->ID, true ) ) as $site_id ) {
+				$there = new WP_User( $user->ID, '', (int) $site_id );
+				if ( (int) $site_id !== get_current_blog_id() && self::privileged_on_site( $there ) ) {
+					return true;
+				}
+			}
+		}
+		return false;
+	}
+
+	/**
+	 * The non-administrator roles the operator lets the plugin manage although they are
+	 * privileged (e.g. a WooCommerce shop_manager who is also a CRM contact): the constant
+	 * WPSB_MANAGED_PRIVILEGED_ROLES in wp-config.php and the option wpsb_managed_privileged_roles,
+	 * each a list or a comma-separated string of slugs. administrator, roles with manage_options
+	 * and unknown roles are dropped: they can never be managed.
+	 *
+	 * @return string[] Role slugs.
+	 */
+	public static function managed_roles() {
+		$named = array();
+		if ( defined( self::MANAGED_ROLES_CONSTANT ) ) {
+			$named = self::role_list( constant( self::MANAGED_ROLES_CONSTANT ) );
+		}
+		$named = array_merge( $named, self::role_list( get_option( self::MANAGED_ROLES_OPTION, array() ) ) );
+		$out   = array();
+		foreach ( array_unique( $named ) as $slug ) {
+			$role = get_role( $slug );
+			if ( $role && 'administrator' !== $slug && empty( $role->capabilities['manage_options'] ) ) {
+				$out[] = $slug;
+			}
+		}
+		return $out;
+	}
+
+	/**
+	 * Whether the user is privileged on the site the WP_User object is for.
+	 *
+	 * Every source of a capability counts on its own (each role, each capability granted to the
+	 * user directly, each granted at run time by a user_has_cap filter), so a revocation cannot
+	 * hide one; only what roles in managed_roles() grant is overlooked.
+	 *
+	 * @param WP_User $user User (for the site to check).
+	 * @return bool
+	 */
+	private static function privileged_on_site( WP_User $user ) {
+		$roles = (array) $user->roles;
+		if ( in_array( 'administrator', $roles, true ) || ! empty( $user->allcaps['manage_options'] )
+			|| ( is_multisite() && is_super_admin( $user->ID ) ) ) {
+			return true; // Never managed, whatever the operator lists.
+		}
+		$managed      = self::managed_roles();
+		$managed_caps = array();
+		foreach ( (array) $user->caps as $key => $granted ) {
+			$role = wp_roles()->get_role( $key );
+			if ( $role && $granted && in_array( $key, $managed, true ) ) {
+				$managed_caps += array_filter( (array) $role->capabilities );
+			} elseif ( $role ) {
+				if ( $granted && self::grants_any( (array) $role->capabilities ) ) {
+					return true;
+				}
+			} elseif ( $granted && in_array( $key, self::CAPABILITIES, true ) ) {
+				return true; // Granted to the user directly, not through a role.
+			}
+		}
+		// Capabilities other plugins grant at run time (user_has_cap), beyond a managed role's.
+		foreach ( self::CAPABILITIES as $cap ) {
+			if ( empty( $managed_caps[ $cap ] ) && user_can( $user, $cap ) ) {
+				return true;
+			}
+		}
+		return false;
+	}
+
+	/**
+	 * Whether a capability map grants any privileged capability.
+	 *
+	 * @param array $caps Capability => granted.
+	 * @return bool
+	 */
+	private static function grants_any( array $caps ) {
+		foreach ( self::CAPABILITIES as $cap ) {
+			if ( ! empty( $caps[ $cap ] ) ) {
+				return true;
+			}
+		}
+		return false;
+	}
+
+	/**
+	 * Slugs from a list or a comma-separated string.
+	 *
+	 * @param mixed $value Constant or option value.
+	 * @return string[]
+	 */
+	private static function role_list( $value ) {
+		if ( is_string( $value ) ) {
+			$value = explode( ',', $value );
+		}
+		$out = array();
+		foreach ( (array) $value as $slug ) {
+			if ( is_string( $slug ) && '' !== trim( $slug ) ) {
+				$out[] = trim( $slug );
+			}
+		}
+		return $out;
+	}
+}
+
+/**
+ * The one meta-key policy, for every key a caller names: meta written by upsert, tags_key,
+ * contact_id_key, and lookup's meta_keys (reads too: a key that may not be written may not be
+ * read either).
+ *
+ * MySQL compares meta_key with the table's collation: case-insensitive, trailing spaces
+ * ignored, and under utf8mb4_unicode_* accents and full-width letters folded too. A key that
+ * differs from a protected one only in those ways reads and writes the protected row. So
+ * protection is checked on the key as MySQL sees it, and only keys of a plain form (lower-case
+ * ASCII, where no two distinct keys compare equal) are accepted at all. Lower-case also keeps
+ * WordPress's meta cache, which is case-sensitive, in step with MySQL, which is not.
+ */
+final class WPSB_Meta_Keys {
+
+	/** Accepted keys: a lower-case letter or digit, then letters, digits, _ - . : (1-191 chars). */
+	const FORM = '/^[a-z0-9][a-z0-9_.:-]{0,190}$/D';
+
+	/** Keys holding sessions or credentials. */
+	const PROTECTED_KEYS = array( 'session_tokens', '_application_passwords' );
+
+	/**
+	 * Endings of the keys that hold roles and user levels on some site: {prefix}capabilities,
+	 * {prefix}N_user_level on a network, or another install sharing the users table.
+	 */
+	const PROTECTED_SUFFIXES = array( 'capabilities', 'user_level' );
+
+	/** The plugin's own keys (e.g. _wpsb_request_id). */
+	const OWN_PREFIXES = array( 'wpsb_', '_wpsb_' );
+
+	/**
+	 * Check a key a caller names; true when it may be read and written through the plugin.
+	 *
+	 * @param string $field Argument name, for the error.
+	 * @param mixed  $key   The meta key.
+	 * @return true|WP_Error 403 wpsb_protected_meta, or 400 wpsb_invalid_meta_key; both name the key.
+	 */
+	public static function check( $field, $key ) {
+		if ( ! is_string( $key ) || '' === $key ) {
+			return self::refusal( 'wpsb_invalid_meta_key', 400, $field, (string) $key, 'is empty' );
+		}
+		if ( self::is_protected( $key ) ) {
+			$why = 'is protected (roles, sessions, credentials or private data)';
+			return self::refusal( 'wpsb_protected_meta', 403, $field, $key, $why );
+		}
+		if ( ! preg_match( self::FORM, $key ) ) {
+			return self::refusal(
+				'wpsb_invalid_meta_key',
+				400,
+				$field,
+				$key,
+				'is not accepted: use 1 to 191 lower-case ASCII letters, digits, "_", "-", ".", ":", not starting with "_"'
+			);
+		}
+		return true;
+	}
+
+	/**
+	 * The key as MySQL compares it (trailing spaces ignored, case folded).
+	 *
+	 * @param string $key Meta key.
+	 * @return string
+	 */
+	public static function mysql_form( $key ) {
+		return strtolower( rtrim( $key, ' ' ) );
+	}
+
+	/**
+	 * Whether a key is protected: roles and user levels, sessions, application passwords, every
+	 * key is_protected_meta() protects (a leading "_"), the plugin's own keys, and those a site
+	 * adds with the wpsb_protected_meta_key filter (e.g. another plugin's secrets).
+	 *
+	 * @param string $key Meta key as given.
+	 * @return bool
+	 */
+	public static function is_protected( $key ) {
+		$mysql = self::mysql_form( $key );
+		if ( in_array( $mysql, self::PROTECTED_KEYS, true ) ) {
+			return true;
+		}
+		foreach ( self::PROTECTED_SUFFIXES as $suffix ) {
+			if ( substr( $mysql, -strlen( $suffix ) ) === $suffix ) {
+				return true;
+			}
+		}
+		foreach ( self::OWN_PREFIXES as $prefix ) {
+			if ( 0 === strpos( $mysql, $prefix ) ) {
+				return true;
+			}
+		}
+		if ( is_protected_meta( $key, 'user' ) || is_protected_meta( $mysql, 'user' ) ) {
+			return true;
+		}
+		/**
+		 * Filters whether a user meta key is protected from the plugin's callers. A filter can
+		 * only add protection: the built-in rules above are applied first.
+		 *
+		 * @param bool   $protected False.
+		 * @param string $mysql     The key lower-cased, trailing spaces removed.
+		 */
+		return (bool) apply_filters( 'wpsb_protected_meta_key', false, $mysql );
+	}
+
+	/**
+	 * A refusal naming the argument and the key (JSON-escaped, so odd characters stay visible).
+	 *
+	 * @param string $code   Error code.
+	 * @param int    $status HTTP status.
+	 * @param string $field  Argument name.
+	 * @param string $key    The key.
+	 * @param string $why    What is wrong.
+	 * @return WP_Error
+	 */
+	private static function refusal( $code, $status, $field, $key, $why ) {
+		$flags = JSON_INVALID_UTF8_SUBSTITUTE | JSON_UNESCAPED_SLASHES;
+		$shown = (string) wp_json_encode( substr( $key, 0, 200 ), $flags );
+		return new WP_Error(
+			$code,
+			sprintf( 'Invalid argument "%s": the meta key %s %s.', $field, $shown, $why ),
+			array(
+				'status' => $status,
+				'field'  => $field,
+				'key'    => (string) json_decode( $shown ),
+			)
+		);
+	}
+}
+
+/**
+ * Which roles the plugin assigns. A role is assigned only by a caller with promote_users, only
+ * when it is in the caller's get_editable_roles(), and never when it is privileged
+ * (administrator included), whoever asks: role and default_role alike.
+ */
+final class WPSB_Role_Grants {
+
+	/**
+	 * Why the current user may not be given this role by the plugin, or null when they may.
+	 *
+	 * @param string $slug Role slug known to the site.
+	 * @return string|null
+	 */
+	public static function refusal( $slug ) {
+		if ( 'administrator' === $slug ) {
+			return 'administrator is never granted';
+		}
+		if ( WPSB_Privilege::role_is_privileged( $slug ) ) {
+			return 'it carries capabilities that administer users or the site';
+		}
+		if ( ! array_key_exists( $slug, self::editable_roles() ) ) {
+			return 'it is not among the roles the caller may assign (editable_roles)';
+		}
+		return null;
+	}
+
+	/**
+	 * The roles the current user may have the plugin assign (none without promote_users).
+	 *
+	 * @return string[] Role slugs.
+	 */
+	public static function grantable_roles() {
+		if ( ! current_user_can( 'promote_users' ) ) {
+			return array();
+		}
+		$out = array();
+		foreach ( array_keys( wp_roles()->get_names() ) as $slug ) {
+			if ( null === self::refusal( (string) $slug ) ) {
+				$out[] = (string) $slug;
+			}
+		}
+		return $out;
+	}
+
+	/**
+	 * The role of a new user: the requested role when it may be granted, else default_role
+	 * (with a warning). The caller's promote_users is checked before (wpsb_create_user()).
+	 *
+	 * @param string|null $role         Requested role, slug or display name (null: default_role).
+	 * @param string      $default_role Role used otherwise, slug or display name.
+	 * @param string[]    $warnings     Collects warnings.
+	 * @return string|WP_Error Role slug; 400 wpsb_invalid_args or 403 wpsb_role_forbidden when
+	 *                         default_role itself cannot be used.
+	 */
+	public static function for_new_user( $role, $default_role, array &$warnings ) {
+		$refused = null;
+		if ( null !== $role ) {
+			$slug = self::grantable_slug( $role, $refused );
+			if ( null !== $slug ) {
+				return $slug;
+			}
+		}
+		$default = wpsb_role_slug( $default_role );
+		if ( null === $default ) {
+			return wpsb_invalid_arg( 'default_role', sprintf( 'the site has no role "%s".', $default_role ) );
+		}
+		$why = self::refusal( $default );
+		if ( null !== $why ) {
+			return new WP_Error(
+				'wpsb_role_forbidden',
+				sprintf( 'Invalid argument "default_role": the role "%s" cannot be assigned: %s.', $default, $why ),
+				array(
+					'status' => 403,
+					'field'  => 'default_role',
+					'role'   => $default,
+				)
+			);
+		}
+		if ( null !== $refused ) {
+			$warnings[] = sprintf( '%s; using "%s".', $refused, $default );
+		}
+		return $default;
+	}
+
+	/**
+	 * The requested role for an existing user when it may be granted; null (with a warning) when
+	 * it may not: the user keeps their roles. The caller's promote_user is checked by the caller.
+	 *
+	 * @param string   $role     Requested role, slug or display name.
+	 * @param string[] $warnings Collects warnings.
+	 * @return string|null Role slug.
+	 */
+	public static function for_existing_user( $role, array &$warnings ) {
+		$refused = null;
+		$slug    = self::grantable_slug( $role, $refused );
+		if ( null === $slug ) {
+			$warnings[] = $refused . '; the role is left as it is.';
+		}
+		return $slug;
+	}
+
+	/**
+	 * The slug of a requested role if it exists and may be granted; null otherwise, with the
+	 * reason in $refused.
+	 *
+	 * @param string      $role    Slug or display name.
+	 * @param string|null $refused Set to why the role is refused.
+	 * @return string|null
+	 */
+	private static function grantable_slug( $role, &$refused ) {
+		$slug = wpsb_role_slug( $role );
+		if ( null === $slug ) {
+			$refused = sprintf( 'role "%s" does not exist on this site', $role );
+			return null;
+		}
+		$why = self::refusal( $slug );
+		if ( null !== $why ) {
+			$refused = sprintf( 'role "%s" is not granted (%s)', $slug, $why );
+			return null;
+		}
+		return $slug;
+	}
+
+	/**
+	 * The site's editable roles (get_editable_roles() lives in an admin include).
+	 *
+	 * @return array Slug => role details.
+	 */
+	private static function editable_roles() {
+		require_once ABSPATH . 'wp-admin/includes/user.php';
+		return get_editable_roles();
+	}
+}
+
+/**
+ * The least-privilege role for the bridge's own WordPress user: exactly the capabilities the
+ * bridge needs, kept so on every request (init). With it the bridge's credentials, if they leak,
+ * cannot assign a privileged role, nor edit, promote or delete a privileged user, through this
+ * plugin or through core (wp-admin, core REST).
+ */
+final class WPSB_Bridge_Role {
+
+	const SLUG = 'wpsb_bridge';
+	const NAME = 'WP Sync Bridge';
+
+	/** What the bridge needs: find users, create them, update them, set their roles. */
+	const CAPABILITIES = array( 'read', 'list_users', 'create_users', 'edit_users', 'promote_users' );
+
+	/** wp-config.php constant: true adds delete_users, for connections with delete_policy "delete". */
+	const DELETE_CONSTANT = 'WPSB_BRIDGE_CAN_DELETE_USERS';
+
+	/** Meta capabilities on another user that the bridge role never has on a privileged user. */
+	const GUARDED_META_CAPS = array( 'edit_user', 'delete_user', 'promote_user', 'remove_user' );
+
+	/**
+	 * The role's capabilities.
+	 *
+	 * @return array<string, bool>
+	 */
+	public static function capabilities() {
+		$caps = array_fill_keys( self::CAPABILITIES, true );
+		if ( defined( self::DELETE_CONSTANT ) && true === constant( self::DELETE_CONSTANT ) ) {
+			$caps['delete_users'] = true;
+		}
+		ksort( $caps );
+		return $caps;
+	}
+
+	/**
+	 * Create the role, or reset it when its capabilities differ (added by hand, or from an older
+	 * version). Writes only when something differs.
+	 *
+	 * @return void
+	 */
+	public static function ensure() {
+		$want = self::capabilities();
+		$role = get_role( self::SLUG );
+		if ( $role ) {
+			$have = array_filter( (array) $role->capabilities );
+			ksort( $have );
+			if ( $have === $want ) {
+				return;
+			}
+			remove_role( self::SLUG );
+		}
+		add_role( self::SLUG, self::NAME, $want );
+	}
+
+	/**
+	 * Whether a user has the bridge role.
+	 *
+	 * @param WP_User $user User.
+	 * @return bool
+	 */
+	public static function has_role( WP_User $user ) {
+		return in_array( self::SLUG, (array) $user->roles, true );
+	}
+
+	/**
+	 * editable_roles filter: a bridge user may assign only roles that are not privileged.
+	 *
+	 * @param array $roles Slug => role details.
+	 * @return array
+	 */
+	public static function filter_editable_roles( $roles ) {
+		$user = wp_get_current_user();
+		if ( ! $user->exists() || ! self::has_role( $user ) || ! is_array( $roles ) ) {
+			return $roles;
+		}
+		foreach ( array_keys( $roles ) as $slug ) {
+			if ( WPSB_Privilege::role_is_privileged( (string) $slug ) ) {
+				unset( $roles[ $slug ] );
+			}
+		}
+		return $roles;
+	}
+
+	/**
+	 * map_meta_cap filter: a bridge user cannot edit, promote, remove or delete a privileged user
+	 * (its own profile excepted), wherever it asks.
+	 *
+	 * @param string[] $caps    Primitive capabilities required.
+	 * @param string   $cap     Capability asked.
+	 * @param int      $user_id Acting user.
+	 * @param array    $args    $args[0]: the target user ID.
+	 * @return string[]
+	 */
+	public static function filter_meta_cap( $caps, $cap, $user_id, $args ) {
+		if ( ! in_array( $cap, self::GUARDED_META_CAPS, true ) || empty( $args[0] ) ) {
+			return $caps;
+		}
+		if ( (int) $args[0] === (int) $user_id ) {
+			return $caps; // Its own profile.
+		}
+		$actor = get_userdata( $user_id );
+		if ( ! $actor || ! self::has_role( $actor ) ) {
+			return $caps;
+		}
+		$target = get_userdata( (int) $args[0] );
+		if ( $target && WPSB_Privilege::is_protected_user( $target ) ) {
+			$caps[] = 'do_not_allow';
+		}
+		return $caps;
+	}
+}
+
+add_action( 'init', array( 'WPSB_Bridge_Role', 'ensure' ) );
+add_filter( 'editable_roles', array( 'WPSB_Bridge_Role', 'filter_editable_roles' ) );
+add_filter( 'map_meta_cap', array( 'WPSB_Bridge_Role', 'filter_meta_cap' ), 10, 4 );
+
+/*
  * ---------------------------------------------------------------------------------------------
  * Argument readers (shared by REST and XML-RPC: query strings give strings, JSON and XML-RPC
  * give typed values)
@@ -234,28 +812,6 @@ function wpsb_arg_string_list( array $args, $key ) {
 		}
 	}
 	return $out;
-}
-
-/**
- * Check a user meta key given by the caller: non-empty, and not one that controls
- * privileges or sessions (writing those would bypass the role policy).
- *
- * @param string $field Argument name, for the error.
- * @param mixed  $key   The meta key.
- * @return true|WP_Error
- */
-function wpsb_check_meta_key( $field, $key ) {
-	global $wpdb;
-	if ( ! is_string( $key ) || '' === trim( $key ) ) {
-		return wpsb_invalid_arg( $field, 'meta keys must be non-empty strings.' );
-	}
-	$prefix = preg_quote( $wpdb->base_prefix, '/' );
-	$denied = '/^' . $prefix . '(\d+_)?(capabilities|user_level)$/';
-	$fixed  = array( 'session_tokens', '_application_passwords', WPSB_REQUEST_ID_META );
-	if ( preg_match( $denied, $key ) || in_array( $key, $fixed, true ) ) {
-		return wpsb_invalid_arg( $field, sprintf( 'the meta key "%s" may not be written through this API.', $key ) );
-	}
-	return true;
 }
 
 /**
@@ -549,36 +1105,6 @@ function wpsb_role_slug( $role ) {
 }
 
 /**
- * Apply the role policy: slug or title accepted; administrator never granted; unknown roles
- * fall back to the default role. Warnings are appended to $warnings.
- *
- * @param string|null $role         Requested role (null: the default role).
- * @param string      $default_role Role to use instead (slug or title).
- * @param string[]    $warnings     Collects warnings.
- * @return string Role slug.
- */
-function wpsb_resolve_role( $role, $default_role, array &$warnings ) {
-	$default = wpsb_role_slug( $default_role );
-	if ( null === $default || 'administrator' === $default ) {
-		$warnings[] = sprintf( 'default_role "%s" is not usable; using "subscriber".', $default_role );
-		$default    = 'subscriber';
-	}
-	if ( null === $role || '' === trim( $role ) ) {
-		return $default;
-	}
-	$slug = wpsb_role_slug( $role );
-	if ( null === $slug ) {
-		$warnings[] = sprintf( 'role "%s" does not exist on this site; using "%s".', $role, $default );
-		return $default;
-	}
-	if ( 'administrator' === $slug ) {
-		$warnings[] = sprintf( 'role "administrator" is never granted; using "%s".', $default );
-		return $default;
-	}
-	return $slug;
-}
-
-/**
  * The user's primary role ('' when none).
  *
  * @param WP_User $user User.
@@ -704,7 +1230,8 @@ function wpsb_release_lock( $email ) {
  */
 
 /**
- * Versions of the plugin, its API, WordPress and PHP.
+ * Versions of the plugin, its API, WordPress and PHP; who the caller is (so the bridge can warn
+ * about an administrator or a missing capability); the policy's settings.
  *
  * @param array $args Unused.
  * @return array|WP_Error
@@ -719,6 +1246,45 @@ function wpsb_op_status( array $args ) {
 		'api_version'       => WPSB_API_VERSION,
 		'wordpress_version' => get_bloginfo( 'version' ),
 		'php_version'       => PHP_VERSION,
+		'caller'            => wpsb_caller_summary( wp_get_current_user() ),
+		'policy'            => array(
+			'bridge_role'              => WPSB_Bridge_Role::SLUG,
+			'managed_privileged_roles' => WPSB_Privilege::managed_roles(),
+		),
+	);
+}
+
+/**
+ * What the calling user is, measured against what the bridge needs.
+ *
+ * @param WP_User $user The caller.
+ * @return array {user_id, login, roles, is_administrator, has_bridge_role,
+ *               missing_capabilities, excess_capabilities, grantable_roles}
+ */
+function wpsb_caller_summary( WP_User $user ) {
+	$needed  = array_keys( WPSB_Bridge_Role::capabilities() );
+	$missing = array();
+	foreach ( array( 'list_users', 'create_users', 'edit_users', 'promote_users' ) as $cap ) {
+		if ( ! current_user_can( $cap ) ) {
+			$missing[] = $cap;
+		}
+	}
+	$excess = array();
+	foreach ( WPSB_Privilege::CAPABILITIES as $cap ) {
+		if ( ! empty( $user->allcaps[ $cap ] ) && ! in_array( $cap, $needed, true ) && 'delete_users' !== $cap ) {
+			$excess[] = $cap;
+		}
+	}
+	return array(
+		'user_id'              => (int) $user->ID,
+		'login'                => (string) $user->user_login,
+		'roles'                => array_values( (array) $user->roles ),
+		'is_administrator'     => in_array( 'administrator', (array) $user->roles, true )
+			|| ! empty( $user->allcaps['manage_options'] ) || ( is_multisite() && is_super_admin( $user->ID ) ),
+		'has_bridge_role'      => WPSB_Bridge_Role::has_role( $user ),
+		'missing_capabilities' => $missing,
+		'excess_capabilities'  => $excess,
+		'grantable_roles'      => WPSB_Role_Grants::grantable_roles(),
 	);
 }
 
@@ -779,11 +1345,11 @@ function wpsb_op_lookup_user( array $args ) {
 
 /**
  * The CRM deleted a contact: remove the user's roles, or delete the user (content reassigned).
- * Administrators are never touched. Safe to repeat: a user already gone is "no_user".
+ * Privileged users are never touched. Safe to repeat: a user already gone is "no_user".
  *
  * @param array $args email and/or contact_id + contact_id_key; policy (remove_roles|delete);
  *                    reassign_to (user ID, required for delete).
- * @return array|WP_Error {outcome: roles_removed|deleted|unchanged|skipped|no_user, user_id, warnings}
+ * @return array|WP_Error {outcome: roles_removed|deleted|unchanged|skipped_privileged|no_user, user_id, warnings}
  */
 function wpsb_op_delete_user( array $args ) {
 	$q = wpsb_authorized_lookup_args( $args );
@@ -799,8 +1365,8 @@ function wpsb_op_delete_user( array $args ) {
 	if ( ! $user ) {
 		return wpsb_delete_result( 'no_user', 0 );
 	}
-	if ( in_array( 'administrator', (array) $user->roles, true ) ) {
-		return wpsb_delete_result( 'skipped', $user->ID, array( 'the user is an administrator; left untouched' ) );
+	if ( WPSB_Privilege::is_protected_user( $user ) ) {
+		return wpsb_delete_result( 'skipped_privileged', $user->ID, array( wpsb_privileged_warning( $user ) ) );
 	}
 	if ( 'remove_roles' === $policy ) {
 		return wpsb_remove_roles( $user );
@@ -876,6 +1442,18 @@ function wpsb_parse_lookup_args( array $args ) {
 		return $q['meta_keys'];
 	}
 	$q['meta_keys'] = $q['meta_keys'] ?? array();
+	foreach ( array( 'contact_id_key', 'tags_key' ) as $field ) {
+		$ok = null === $q[ $field ] ? true : WPSB_Meta_Keys::check( $field, $q[ $field ] );
+		if ( is_wp_error( $ok ) ) {
+			return $ok;
+		}
+	}
+	foreach ( $q['meta_keys'] as $key ) {
+		$ok = WPSB_Meta_Keys::check( 'meta_keys', $key );
+		if ( is_wp_error( $ok ) ) {
+			return $ok;
+		}
+	}
 	if ( null !== $q['contact_id'] && null === $q['contact_id_key'] ) {
 		return wpsb_invalid_arg( 'contact_id_key', 'is required together with contact_id.' );
 	}
@@ -904,9 +1482,10 @@ function wpsb_parse_upsert_args( array $args ) {
 		return $a['default_role'];
 	}
 	foreach ( array(
-		'set_password'      => false,
-		'send_notification' => false,
-		'create'            => true,
+		'set_password'        => false,
+		'send_notification'   => false,
+		'create'              => true,
+		'notify_email_change' => true,
 	) as $key => $default ) {
 		$a[ $key ] = wpsb_arg_bool( $args, $key, $default );
 		if ( is_wp_error( $a[ $key ] ) ) {
@@ -983,7 +1562,7 @@ function wpsb_parse_meta_arg( array $args ) {
 	}
 	$out = array();
 	foreach ( $meta as $key => $value ) {
-		$ok = wpsb_check_meta_key( 'meta', (string) $key );
+		$ok = WPSB_Meta_Keys::check( 'meta', (string) $key );
 		if ( is_wp_error( $ok ) ) {
 			return $ok;
 		}
@@ -1013,7 +1592,7 @@ function wpsb_check_upsert_keys( array $a ) {
 		if ( null === $a[ $field ] ) {
 			continue;
 		}
-		$ok = wpsb_check_meta_key( $field, $a[ $field ] );
+		$ok = WPSB_Meta_Keys::check( $field, $a[ $field ] );
 		if ( is_wp_error( $ok ) ) {
 			return $ok;
 		}
@@ -1061,6 +1640,11 @@ function wpsb_op_upsert_user( array $args ) {
  */
 function wpsb_upsert_locked( array $a ) {
 	$found = wpsb_find_user( $a['email'], $a['contact_id'], $a['contact_id_key'] );
+	if ( $found['user'] && WPSB_Privilege::is_protected_user( $found['user'] ) ) {
+		// Nothing is written: not the email, login, password, roles, meta, tags or contact ID.
+		$warnings = array( wpsb_privileged_warning( $found['user'] ) );
+		return wpsb_upsert_result( $found['user'], 'skipped_privileged', array(), $warnings );
+	}
 	if ( $found['user'] ) {
 		return wpsb_update_user( $found['user'], $found['matched_by'], $a );
 	}
@@ -1071,10 +1655,23 @@ function wpsb_upsert_locked( array $a ) {
 }
 
 /**
+ * The warning of a skipped privileged user.
+ *
+ * @param WP_User $user User.
+ * @return string
+ */
+function wpsb_privileged_warning( WP_User $user ) {
+	return sprintf(
+		'user %d can administer users or the site; the plugin never modifies such a user (wordpress/SECURITY.md).',
+		$user->ID
+	);
+}
+
+/**
  * The upsert answer.
  *
  * @param WP_User|null $user     User (null for no_user).
- * @param string       $outcome  created|updated|unchanged|no_user.
+ * @param string       $outcome  created|updated|unchanged|no_user|skipped_privileged.
  * @param string[]     $changed  Changed fields.
  * @param string[]     $warnings Warnings.
  * @param bool         $replayed Whether this repeats an earlier create (same request_id).
@@ -1106,7 +1703,8 @@ function wpsb_unique_login( $base ) {
 		$base = 'user';
 	}
 	$login = $base;
-	for ( $i = 1; username_exists( $login ) || wpsb_login_is_illegal( $login ); $i++ ) {
+	// Nor another account's email: the login form takes either, and would pick this account.
+	for ( $i = 1; username_exists( $login ) || email_exists( $login ) || wpsb_login_is_illegal( $login ); $i++ ) {
 		$login = $i < 1000 ? $base . $i : $base . wp_rand( 1000, PHP_INT_MAX );
 	}
 	return $login;
@@ -1150,17 +1748,21 @@ function wpsb_wrap_user_error( WP_Error $error, $code ) {
  * @return array|WP_Error
  */
 function wpsb_create_user( array $a ) {
-	$caps = null === $a['role'] ? array( 'create_users' ) : array( 'create_users', 'promote_users' );
-	$auth = wpsb_authorize( $caps );
+	// Every new user gets a role (default_role at least), and assigning one needs promote_users.
+	$auth = wpsb_authorize( array( 'create_users', 'promote_users' ) );
 	if ( is_wp_error( $auth ) ) {
 		return $auth;
 	}
 	$warnings = array();
+	$role     = WPSB_Role_Grants::for_new_user( $a['role'], $a['default_role'], $warnings );
+	if ( is_wp_error( $role ) ) {
+		return $role;
+	}
 	$userdata = array(
 		'user_login' => wpsb_unique_login( null === $a['login'] ? $a['email'] : $a['login'] ),
 		'user_email' => $a['email'],
 		'user_pass'  => null === $a['password'] ? wp_generate_password( 24 ) : $a['password'],
-		'role'       => wpsb_resolve_role( $a['role'], $a['default_role'], $warnings ),
+		'role'       => $role,
 	);
 	$changed  = array( 'email', 'login', 'role' );
 	foreach ( array( 'first_name', 'last_name', 'display_name' ) as $field ) {
@@ -1230,7 +1832,7 @@ function wpsb_update_user( WP_User $user, $matched_by, array $a ) {
 		return $role;
 	}
 	if ( $core ) {
-		$saved = wpsb_save_core_fields( $user->ID, $core );
+		$saved = wpsb_save_core_fields( $user->ID, $core, $a['notify_email_change'] );
 		if ( is_wp_error( $saved ) ) {
 			return $saved;
 		}
@@ -1322,15 +1924,20 @@ function wpsb_stored_user_field( $field, $value ) {
 }
 
 /**
- * Save core fields with wp_update_user(), without the "email/password changed" mails.
+ * Save core fields with wp_update_user(). WordPress's "email changed" notice goes to the old
+ * address unless $notify_email_change is false (the user learns of a change they did not make);
+ * the "password changed" mail is never sent (the CRM sets passwords).
  *
- * @param int   $user_id User ID.
- * @param array $core    Field => value.
+ * @param int   $user_id             User ID.
+ * @param array $core                Field => value.
+ * @param bool  $notify_email_change Whether to send the "email changed" notice.
  * @return true|WP_Error
  */
-function wpsb_save_core_fields( $user_id, array $core ) {
+function wpsb_save_core_fields( $user_id, array $core, $notify_email_change ) {
 	add_filter( 'send_password_change_email', '__return_false', 999 );
-	add_filter( 'send_email_change_email', '__return_false', 999 );
+	if ( ! $notify_email_change ) {
+		add_filter( 'send_email_change_email', '__return_false', 999 );
+	}
 	$result = wp_update_user( wp_slash( array( 'ID' => $user_id ) + $core ) );
 	remove_filter( 'send_password_change_email', '__return_false', 999 );
 	remove_filter( 'send_email_change_email', '__return_false', 999 );
@@ -1352,19 +1959,15 @@ function wpsb_role_change( WP_User $user, array $a, array &$warnings ) {
 	if ( null === $a['role'] ) {
 		return null;
 	}
-	$role = wpsb_resolve_role( $a['role'], $a['default_role'], $warnings );
-	if ( array( $role ) === array_values( $user->roles ) ) {
-		return null;
-	}
-	if ( in_array( 'administrator', (array) $user->roles, true ) ) {
-		$warnings[] = sprintf( 'user %d is an administrator; the role is not changed.', $user->ID );
+	$slug = wpsb_role_slug( $a['role'] );
+	if ( null !== $slug && array( $slug ) === array_values( $user->roles ) ) {
 		return null;
 	}
 	$auth = wpsb_authorize( array( 'promote_user' ), $user->ID );
 	if ( is_wp_error( $auth ) ) {
 		return wpsb_forbidden_as( $auth, 'promote_users' );
 	}
-	return $role;
+	return WPSB_Role_Grants::for_existing_user( $a['role'], $warnings );
 }
 
 /*

@@ -15,7 +15,9 @@ import aiohttp
 from bridge.clients.http import basic_auth, retrying, send
 from bridge.settings import Settings
 
-API_VERSION = 1
+# 2: the plugin skips privileged users (outcome skipped_privileged) and refuses protected meta and
+# roles the caller cannot grant (wordpress/SECURITY.md); a bridge of this version needs that plugin.
+API_VERSION = 2
 
 
 @dataclass
@@ -49,7 +51,8 @@ class UpsertRequest:
 
 @dataclass
 class UpsertResult:
-    """What the plugin did."""
+    """What the plugin did. ``outcome``: created | updated | unchanged | no_user | skipped_privileged
+    (a user who can administer users or the site: the plugin wrote nothing)."""
 
     user_id: int | None
     created: bool

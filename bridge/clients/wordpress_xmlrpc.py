@@ -65,23 +65,33 @@ class _TimeoutTransport(xmlrpc.client.Transport):
         return conn
 
 
+def _plugin_code(text: str) -> str | None:
+    """The plugin's error code from a fault string ("wpsb_protected_meta: ..."), as REST gives it."""
+    return text.split(":", 1)[0] if text.startswith("wpsb_") and ":" in text else None
+
+
 def read_fault(exc: BaseException) -> Exception:
     """The typed error for what the XML-RPC library raised (the plugin's faults carry HTTP codes)."""
-    if isinstance(exc, InvalidCredentialsError):
-        return AuthFailed(SERVICE, f"credentials refused: {exc}", status=403)
+    if isinstance(exc, InvalidCredentialsError):  # what the library makes of any fault 403
+        text = str(exc)[:200]
+        if code := _plugin_code(text):  # logged in, but the plugin refused (wpsb_forbidden, ...)
+            return AuthFailed(SERVICE, text, status=403, code=code)
+        return AuthFailed(SERVICE, f"credentials refused: {text}", status=403)
     if isinstance(exc, UnsupportedXmlrpcMethodError):
         return Permanent(SERVICE, f"method {exc} missing: is the wp-sync-bridge plugin installed?", code="plugin_missing")
     if isinstance(exc, xmlrpc.client.Fault):
         code, text = exc.faultCode, str(exc.faultString)[:200]
+        wpsb_code = _plugin_code(text)
         if code in (401, 403):
-            return AuthFailed(SERVICE, text, status=code)
+            return AuthFailed(SERVICE, text, status=code, code=wpsb_code)
         if code == 404:
             return NotFound(SERVICE, text, status=code)
         if code == 429:
             return RateLimited(SERVICE, text, None, status=code)
         if code in (502, 503, 504) or code == -32300:
             return Transient(SERVICE, text, status=code)
-        return Permanent(SERVICE, f"fault {code}: {text}", status=code if isinstance(code, int) and code >= 400 else None)
+        return Permanent(SERVICE, f"fault {code}: {text}", status=code if isinstance(code, int) and code >= 400 else None,
+                         code=wpsb_code)
     if isinstance(exc, xmlrpc.client.ProtocolError):
         if exc.errcode in (401, 403):
             return AuthFailed(SERVICE, f"HTTP {exc.errcode}", status=exc.errcode)
