@@ -73,6 +73,9 @@ async def test_a_key_holder_cannot_take_over_the_administrator(site, bridge_user
          {"type": "user.updated", "data": {"user": {"data": {"email": boss.email, "attributes": {
              "user_pass": "Pwned-pass-123456", "first_name": "Pwned"}}}}}),
         ({"wpf_action": "update", "contact_id": boss.contact_id, "email": attacker}, customerly_delivery(attacker)),
+        # Without query overrides (the connection takes none but role): these reach the plugin.
+        ({"wpf_action": "update"}, customerly_delivery(boss.email)),
+        ({"wpf_action": "add", "role": "administrator"}, customerly_delivery(boss.email.upper())),
     ]
     fake_crm.add_customerly_user(boss.email, attributes={"first_name": "Pwned", "user_pass": "Pwned-pass-654321"})
     with capture_logs() as logs:
@@ -80,6 +83,8 @@ async def test_a_key_holder_cannot_take_over_the_administrator(site, bridge_user
         jobs = [await bridge.wait_job(answer["job_id"]) if status in (200, 202) else None for status, answer in results]
     for (query, _), (status, answer), job in zip(attempts, results, jobs):
         assert status in (202, 200, 400, 401, 403, 422), (query, status, answer)
+        if {"email", "contact_id"} & set(query):  # the default connection takes no such override
+            assert (status, answer["error"]) == (400, "override_not_allowed"), (query, answer)
         if job is not None:
             outcome = (job["outcome"] or {}).get("outcome")
             assert outcome in ("skipped_privileged", "no_user", "not_in_crm", "created") or job["status"] == "dead", job
