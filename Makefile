@@ -4,12 +4,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STACK  := scripts/wordpress-stack
 
-.PHONY: help test demo venv system-deps stack-up stack-down bench lint clean
+.PHONY: help test demo venv system-deps stack-up stack-down bench lint clean wheel docs
 
 help:
 	@echo "make test   - install everything, start a private WordPress, run the whole suite"
 	@echo "make demo   - local WordPress + fake CRM + the bridge; sends webhooks and shows the users made"
 	@echo "make bench  - intake and end-to-end sync benchmarks (ratios against baselines in the same run)"
+	@echo "make wheel  - build dist/wp_sync_bridge-*.whl (plugin, example config and unit included)"
+	@echo "make docs   - regenerate docs/configuration.md from the settings model"
 
 system-deps:
 	$(STACK) install
@@ -38,6 +40,13 @@ bench: system-deps venv
 	$(PY) bench/intake.py
 	$(PY) bench/sync.py
 
+# The suite builds the wheel too (tests/test_packaging.py: fresh venv, --version, doctor).
+wheel: venv
+	$(PY) -m pip wheel . --no-deps -q -w dist
+
+docs: venv
+	$(PY) -m bridge.docs > docs/configuration.md
+
 clean:
 	-$(STACK) purge
-	rm -rf $(VENV) .demo .pytest_cache
+	rm -rf $(VENV) .demo .pytest_cache dist build

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from bridge.clients.crm import CrmClient
 from bridge.clients.wordpress import API_VERSION, make_wordpress
-from bridge.errors import CannotStart, ConfigError
+from bridge.errors import CannotStart, ConfigError, RemoteError
 from bridge.logs import Redactor, set_level
 from bridge.metrics import Metrics
 from bridge.reload import apply_reloadable
@@ -30,12 +30,13 @@ from bridge.sync import SyncContext
 from bridge.systemd import Notifier
 from bridge.tasks import TaskGroup
 from bridge.web.intake import Intake
-from bridge.web.server import make_app
+from bridge.web.server import make_app, make_metrics_app
 from bridge.worker import Worker
 
 log = structlog.get_logger("bridge.app")
 WP_CHECK_INTERVAL_S = 30.0
 STATUS_INTERVAL_S = 5.0
+CRM_CHECK_INTERVAL_S = 60.0
 
 
 def secrets_of(settings: Settings) -> list[str]:
@@ -63,6 +64,8 @@ class Bridge:
         self.worker: Worker | None = None
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.metrics_runner: web.AppRunner | None = None
+        self.metrics_port: int | None = None
         self._session: aiohttp.ClientSession | None = None
         self._wordpress = None
         self._background = TaskGroup()
@@ -73,6 +76,7 @@ class Bridge:
         self._crm_args: tuple = ()
         self._retired: list = []  # WordPress clients replaced by a reload, closed at stop
         self._reload_lock = asyncio.Lock()
+        self._crm_state: dict[str, tuple[bool, float]] = {}  # connection → (up, when last heard of)
 
     async def start(self) -> None:
         """Open the database, the HTTP sessions, start workers and the web server."""
@@ -86,13 +90,18 @@ class Bridge:
         self._session = aiohttp.ClientSession(headers={"User-Agent": "wp-sync-bridge"})
         self._wordpress = make_wordpress(s)
         self._crm_args = (self._session, s.worker, s.wordpress.timeout_s)
-        crms = {name: CrmClient(name, conn, *self._crm_args) for name, conn in s.connections.items()}
+        crms = {name: CrmClient(name, conn, *self._crm_args, observer=self._crm_seen)
+                for name, conn in s.connections.items()}
         ctx = SyncContext(s, self._wordpress, crms, self.store)
         self.worker = Worker(ctx, self.store, self.metrics)
         await self.worker.start()
         self._background.spawn(self._watch_wordpress(), "wordpress.check")
+        if any(c.probe is not None for c in (crm.spec for crm in crms.values())):
+            self._background.spawn(self._watch_crms(crms), "crm.check")
         self._intake = intake = Intake(s, self.store, self.metrics, self.worker.notify)
-        app = make_app(intake, self._ready, self._metrics_body, s.server.max_body_bytes)
+        token = s.server.metrics_token.get_secret_value() if s.server.metrics_token else None
+        separate = s.server.metrics_port is not None
+        app = make_app(intake, self._ready, None if separate else self._metrics_body, s.server.max_body_bytes, token)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, s.server.host, s.server.port, backlog=1024)
@@ -101,6 +110,8 @@ class Bridge:
         except OSError as exc:
             raise CannotStart("listen", f"{s.server.host}:{s.server.port}: {exc.strerror or exc}") from None
         self.port = self.runner.addresses[0][1]
+        if separate:
+            await self._start_metrics(token)
         log.info("bridge.started", host=s.server.host, port=self.port, connections=sorted(s.connections),
                  transport=s.wordpress.transport, database=str(s.database.path))
         self.notifier.notify(READY=1, STATUS=await self._status_text())
@@ -111,6 +122,8 @@ class Bridge:
         started = time.monotonic()
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         if self.worker is not None:
             await self.worker.stop(self.settings.worker.shutdown_grace_s)
         await self._background.cancel()
@@ -179,7 +192,7 @@ class Bridge:
         self._intake.log = structlog.get_logger("bridge.intake").bind()  # bound loggers keep their level
         ctx = self.worker.ctx
         for name in changes.connections_changed():
-            ctx.crms[name] = CrmClient(name, s.connections[name], *self._crm_args)
+            ctx.crms[name] = CrmClient(name, s.connections[name], *self._crm_args, observer=self._crm_seen)
         if changes.wordpress_changed:
             self._retired.append(self._wordpress)  # running jobs may still use it
             self._wordpress = ctx.wordpress = make_wordpress(s)
@@ -233,6 +246,44 @@ class Bridge:
                 self._wp_ok, self._wp_error = False, str(exc)
             await asyncio.sleep(WP_CHECK_INTERVAL_S)
 
+    async def _start_metrics(self, token: str | None) -> None:
+        """``/metrics`` on ``server.metrics_host:metrics_port`` (default host: ``server.host``)."""
+        s = self.settings.server
+        self.metrics_runner = web.AppRunner(make_metrics_app(self._metrics_body, token), access_log=None,
+                                            handle_signals=False)
+        await self.metrics_runner.setup()
+        host = s.metrics_host or s.host
+        try:
+            await web.TCPSite(self.metrics_runner, host, s.metrics_port).start()
+        except OSError as exc:
+            raise CannotStart("listen", f"metrics {host}:{s.metrics_port}: {exc.strerror or exc}") from None
+        self.metrics_port = self.metrics_runner.addresses[0][1]
+        log.info("metrics.listening", host=host, port=self.metrics_port)
+
+    def _crm_seen(self, connection: str, up: bool) -> None:
+        """Every CRM request's outcome feeds ``wpsb_crm_up``; a change is logged once."""
+        before = self._crm_state.get(connection)
+        if before is not None and before[0] != up:
+            (log.info if up else log.warning)("crm.reachable" if up else "crm.unreachable", connection=connection)
+        self._crm_state[connection] = (up, time.monotonic())
+        self.metrics.set_crm_up(connection, up)
+
+    async def _watch_crms(self, crms: dict) -> None:
+        """A connection the jobs have not used for a while is asked its probe request (a read, never
+        a write), so ``wpsb_crm_up`` stays true to life when no deliveries come."""
+        while True:
+            await asyncio.sleep(CRM_CHECK_INTERVAL_S)
+            for name, crm in crms.items():
+                last = self._crm_state.get(name)
+                if crm.spec.probe is None or (last and time.monotonic() - last[1] < CRM_CHECK_INTERVAL_S):
+                    continue
+                try:
+                    await crm.request(crm.spec.probe, {})
+                except RemoteError:
+                    pass  # recorded by the observer; the next round asks again
+                except Exception as exc:  # e.g. a template hole: doctor names it
+                    log.warning("crm.probe_failed", connection=name, error=str(exc))
+
     async def _ready(self) -> tuple[bool, dict]:
         detail: dict = {"wordpress": self._wp_ok, "database": False}
         if self._wp_error:
@@ -245,4 +296,7 @@ class Bridge:
         return bool(detail["database"] and self._wp_ok), detail
 
     async def _metrics_body(self) -> bytes:
-        return self.metrics.render(await self.store.counts())
+        from bridge.store.operator import oldest_queued_at
+
+        self.metrics.set_wordpress_up(self._wp_ok)
+        return self.metrics.render(await self.store.counts(), await self.store.call(oldest_queued_at))

@@ -1,91 +1,41 @@
 """The ``wp-sync-bridge`` command (also ``python -m bridge``).
 
-Exit codes: 0 success, 1 a command's check failed, 2 usage error (64 for `serve`, see its help),
-69 WordPress or a CRM unavailable, 75 the database is in use or newer than this bridge,
-78 configuration error.
+Exit codes (sysexits): 0 success, 1 a command's check failed, 2 usage error (click's; 64 for
+``serve``), 66 the database (or, for ``serve``, the config file) does not exist, 70 an unexpected
+error in ``serve``, 69 WordPress or a CRM unavailable, 73 an output file cannot be
+written, 75 the database is in use or its schema is not this bridge's, 78 configuration error.
+
+Reading commands open the database read-only and never create or migrate it; only ``serve`` does
+(as the service user). Shell completion: ``eval "$(_WP_SYNC_BRIDGE_COMPLETE=bash_source
+wp-sync-bridge)"`` (zsh_source, fish_source for the other shells; docs/runbook.md).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from pathlib import Path
 
 import click
 
+from bridge.cli_common import (EX_CANTCREAT, EX_CONFIG, EX_NOINPUT, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE,
+                               EX_USAGE, config_option, database, fail, load, run_async, scrub)
+from bridge.cli_jobs import contacts, jobs, rejected
 from bridge.errors import ConfigError
-from bridge.settings import Settings, load_settings
+from bridge.store.operator import transaction
 
-EX_USAGE = 64
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_CANTCREAT = 73
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
-
-
-def _settings(config: str | None) -> Settings:
-    try:
-        return load_settings(config)
-    except ConfigError as exc:
-        click.echo(f"configuration error: {exc.key}: {exc.problem}", err=True)
-        sys.exit(EX_CONFIG)
-
-
-def _run(coro: Any) -> Any:
-    try:
-        import uvloop  # optional: faster event loop when installed
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
-@contextmanager
-def _db(settings: Settings) -> Iterator[Any]:
-    """A direct connection for operator commands (SQLite serialises them with a running daemon)."""
-    from bridge.store.db import SchemaTooNew, connect, migrate
-
-    conn = connect(settings.database.path)
-    try:
-        migrate(conn)
-    except SchemaTooNew as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EX_TEMPFAIL)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-@contextmanager
-def _transaction(conn: Any) -> Iterator[None]:
-    """One write transaction on an operator connection: committed, or rolled back on any error."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def _write(conn: Any, fn: Any, *args: Any) -> Any:
-    with _transaction(conn):
-        return fn(conn, *args)
-
-
-config_option = click.option("--config", "-c", "config", type=click.Path(dir_okay=False), envvar="WPSB_CONFIG",
-                             help="TOML configuration file (or $WPSB_CONFIG).")
+_run = run_async  # the name the commands below have always used
 
 
 @click.group()
 @click.version_option(package_name="wp-sync-bridge")
 def cli() -> None:
     """Keep WordPress users in sync with a CRM through WP Fusion-compatible webhooks."""
+
+
+cli.add_command(jobs)
+cli.add_command(contacts)
+cli.add_command(rejected)
 
 
 class _SysexitsCommand(click.Command):
@@ -118,9 +68,9 @@ def serve(config: str | None) -> None:
     from bridge.store.jobs import DatabaseLocked
 
     if config is not None and not os.access(config, os.R_OK):
-        click.echo(f"cannot read the config file {config}: {'unreadable' if os.path.exists(config) else 'not found'}", err=True)
-        sys.exit(EX_NOINPUT)
-    settings = _settings(config)
+        fail(f"cannot read the config file {config}: {'unreadable' if os.path.exists(config) else 'not found'}",
+             EX_NOINPUT)
+    settings = load(config, strict=True)
     if not settings.has_access_keys():
         click.echo("configuration error: server.access_keys: at least one access key (here or in a connection's"
                    " access_keys) is required to serve", err=True)
@@ -150,117 +100,86 @@ def serve(config: str | None) -> None:
         sys.exit(EX_SOFTWARE)
 
 
+def _doctor(config: str | None, service_user: str | None, offline: bool, as_json: bool) -> None:
+    from bridge import doctor
+    from bridge.config_report import collect
+
+    findings = doctor.run(config, service_user=service_user, offline=offline)
+    settings = collect(config, with_lint=False).settings
+    text = doctor.as_json(findings) if as_json else doctor.render(findings, color=sys.stdout.isatty())
+    click.echo(scrub(text, settings))
+    sys.exit(doctor.exit_code(findings))
+
+
+def _doctor_command(name: str, help_text: str) -> click.Command:
+    @click.command(name, help=help_text)
+    @config_option
+    @click.option("--service-user",
+                  help="The account the service runs as (default: wp-sync-bridge, if it exists).")
+    @click.option("--offline", is_flag=True, help="Leave out WordPress and the CRMs (no network).")
+    @click.option("--json", "as_json", is_flag=True, help="The findings as JSON.")
+    def command(config: str | None, service_user: str | None, offline: bool, as_json: bool) -> None:
+        _doctor(config, service_user, offline, as_json)
+
+    return command
+
+
+cli.add_command(_doctor_command("doctor", "Check everything at once (configuration, database, listen address, "
+                                "WordPress, each CRM) and say how to fix each problem. Exit 0 when nothing "
+                                "is wrong."))
+cli.add_command(_doctor_command("check", "The same as doctor (its old name)."))
+
+
 @cli.command()
 @config_option
-def check(config: str | None) -> None:
-    """Validate the configuration and check that WordPress and its plugin answer."""
-    from bridge.clients.wordpress import API_VERSION, make_wordpress
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite TARGET if it exists.")
+def backup(config: str | None, target: Path, force: bool) -> None:
+    """Copy the database to TARGET with SQLite's online backup (safe while the bridge runs)."""
+    from bridge.store.operator import backup as copy_db
 
-    settings = _settings(config)
+    settings = load(config)
+    if target.exists() and not force:
+        fail(f"{target} exists; pass --force to overwrite it", EX_CANTCREAT)
+    if target.resolve() == Path(settings.database.path).resolve():
+        fail("the target is the database itself", EX_CANTCREAT)
+    tmp = target.with_name(target.name + ".partial")
+    try:
+        with database(settings) as conn:
+            with click.progressbar(length=100, label="backup", file=sys.stderr) as bar:
+                def progress(done: int, total: int) -> None:
+                    bar.update(int(100 * done / max(total, 1)) - bar.pos)
 
-    async def probe() -> dict:
-        wp = make_wordpress(settings)
-        try:
-            status = await wp.status()
-            status["roles"] = sorted(await wp.roles())
-            return status
-        finally:
-            await wp.close()
+                copy_db(conn, tmp, progress)
+        tmp.replace(target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        fail(f"cannot write {target}: {exc.strerror or exc}", EX_CANTCREAT)
+    click.echo(f"backup written to {target} ({target.stat().st_size} bytes)")
+
+
+@cli.command("install-plugin")
+@click.argument("wp_root", type=click.Path(file_okay=False, path_type=Path))
+def install_plugin(wp_root: Path) -> None:
+    """Copy the companion must-use plugin into WP_ROOT/wp-content/mu-plugins/."""
+    from bridge.packaged import NotWordPress, install_plugin as install
 
     try:
-        status = _run(probe())
-    except Exception as exc:
-        click.echo(f"WordPress at {settings.wordpress.url}: {exc}", err=True)
-        sys.exit(EX_UNAVAILABLE)
-    click.echo(f"configuration ok: {len(settings.connections)} connection(s): {', '.join(settings.connections) or '-'}")
-    click.echo(f"WordPress {status.get('wordpress_version')} with wp-sync-bridge plugin {status.get('plugin_version')} "
-               f"(api {status.get('api_version')}); roles: {', '.join(status['roles'])}")
-    if int(status.get("api_version", 0)) != API_VERSION:
-        click.echo(f"plugin api_version {status.get('api_version')} but this bridge needs {API_VERSION}", err=True)
-        sys.exit(1)
+        target, replaced = install(wp_root)
+    except NotWordPress as exc:
+        fail(str(exc), EX_NOINPUT)
+    except OSError as exc:
+        fail(f"cannot write into {wp_root}: {exc.strerror or exc}", EX_CANTCREAT)
+    click.echo(f"{'updated' if replaced else 'installed'} {target}")
 
 
-@cli.group()
-def jobs() -> None:
-    """Inspect and requeue jobs."""
+@cli.command("print-file")
+@click.argument("name", type=click.Choice(["config", "unit", "plugin"]))
+def print_file(name: str) -> None:
+    """Print a file the package carries: the example configuration, the systemd unit or the plugin."""
+    from bridge.packaged import data_text
 
-
-@jobs.command("list")
-@config_option
-@click.option("--status", type=click.Choice(["queued", "running", "done", "dead"]))
-@click.option("--limit", default=20, show_default=True)
-def jobs_list(config: str | None, status: str | None, limit: int) -> None:
-    """List recent jobs, newest first."""
-    from bridge.store import queue as q
-
-    with _db(_settings(config)) as conn:
-        for job in q.list_jobs(conn, status, limit):
-            outcome = (job["outcome"] or {}).get("outcome", "")
-            click.echo(f"{job['id']:>8}  {job['status']:<7} {job['connection']:<12} {job['action']:<11} "
-                       f"attempts={job['attempts']} {outcome} {job['last_error'] or ''}".rstrip())
-
-
-@jobs.command("show")
-@config_option
-@click.argument("job_id", type=int)
-def jobs_show(config: str | None, job_id: int) -> None:
-    """Show one job as JSON (its secret, if any, is never shown)."""
-    from bridge.store import queue as q
-
-    with _db(_settings(config)) as conn:
-        job = q.get_job(conn, job_id)
-    if job is None:
-        click.echo(f"no job {job_id}", err=True)
-        sys.exit(1)
-    click.echo(json.dumps(job, indent=2, default=str))
-
-
-@jobs.command("requeue")
-@config_option
-@click.argument("job_ids", type=int, nargs=-1, required=True)
-def jobs_requeue(config: str | None, job_ids: tuple[int, ...]) -> None:
-    """Give dead jobs a fresh start once the cause is fixed."""
-    from bridge.store import queue as q
-
-    with _db(_settings(config)) as conn:
-        for job_id in job_ids:
-            ok = _write(conn, q.requeue, time.time(), job_id)
-            click.echo(f"job {job_id}: {'requeued' if ok else 'not dead, left alone'}")
-
-
-@cli.group()
-def rejected() -> None:
-    """Deliveries that were refused after authentication, kept for replay."""
-
-
-@rejected.command("list")
-@config_option
-@click.option("--limit", default=20, show_default=True)
-def rejected_list(config: str | None, limit: int) -> None:
-    """List rejected deliveries, newest first."""
-    with _db(_settings(config)) as conn:
-        for row in conn.execute("SELECT id, received_at, connection, status, reason, replayed_job FROM rejected ORDER BY id DESC LIMIT ?", (limit,)):
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["received_at"]))
-            replayed = f" replayed as job {row['replayed_job']}" if row["replayed_job"] else ""
-            click.echo(f"{row['id']:>6}  {when}  {row['connection'] or '-':<12} {row['status']} {row['reason']}{replayed}")
-
-
-@rejected.command("replay")
-@config_option
-@click.argument("ids", type=int, nargs=-1, required=True)
-def rejected_replay(config: str | None, ids: tuple[int, ...]) -> None:
-    """Parse rejected deliveries again with the current configuration and queue those that pass."""
-    from bridge.replay import replay_rejected
-
-    settings = _settings(config)
-    failed = False
-    with _db(settings) as conn:
-        for rid in ids:
-            with _transaction(conn):
-                ok, message = replay_rejected(conn, settings, rid, time.time())
-            failed |= not ok
-            click.echo(f"rejected {rid}: {message}")
-    sys.exit(1 if failed else 0)
+    click.echo(data_text(name), nl=False)
 
 
 @cli.command()
@@ -271,14 +190,14 @@ def discover(config: str | None, connection: str) -> None:
     from bridge.core.discovery import discover as find_fields
     from bridge.core.discovery import mapping_block
 
-    settings = _settings(config)
+    settings = load(config)
     if connection not in settings.connections:
-        click.echo(f"unknown connection {connection!r}; configured: {', '.join(settings.connections) or 'none'}", err=True)
-        sys.exit(EX_CONFIG)
-    with _db(settings) as conn:
+        fail(f"unknown connection {connection!r}; configured: {', '.join(settings.connections) or 'none'}", EX_CONFIG)
+    with database(settings) as conn:
         rows = conn.execute("SELECT body FROM samples WHERE connection = ? ORDER BY id DESC", (connection,)).fetchall()
     if not rows:
-        click.echo(f"no deliveries stored for {connection!r} yet: send a test event from the CRM, then run this again", err=True)
+        click.echo(f"no deliveries stored for {connection!r} yet: send a test event from the CRM, then run this "
+                   "again", err=True)
         sys.exit(1)
     fields = find_fields([json.loads(r["body"]) for r in rows])
     click.echo(f"{len(fields)} field(s) in {len(rows)} sample(s) of {connection!r}:")
@@ -326,9 +245,9 @@ def webhooks_register(config: str | None, connection: str, public_url: str | Non
     """Create the subscription in the CRM (once) and keep its ID."""
     from bridge import webhooks as wh
 
-    settings = _settings(config)
+    settings = load(config)
     url = wh.hook_url(settings, connection, public_url)
-    with _db(settings) as conn, _transaction(conn):
+    with database(settings, write=True) as conn, transaction(conn):
         remote_id, created = _run(wh.register(conn, settings, connection, url))
     shown = url.split("?")[0]
     click.echo(f"{connection}: webhook {remote_id} {'created' if created else 'already registered'} → {shown}")
@@ -342,8 +261,8 @@ def webhooks_unregister(config: str | None, connection: str) -> None:
     """Delete the stored subscription in the CRM (using its ID) and forget it."""
     from bridge import webhooks as wh
 
-    settings = _settings(config)
-    with _db(settings) as conn, _transaction(conn):
+    settings = load(config)
+    with database(settings, write=True) as conn, transaction(conn):
         removed = _run(wh.unregister(conn, settings, connection))
     click.echo(f"{connection}: " + (f"webhook {removed} deleted" if removed else "no webhook registered"))
 
@@ -356,12 +275,13 @@ def webhooks_list(config: str | None, connection: str) -> None:
     """Show the stored subscription and, when the CRM can list them, what the CRM has."""
     from bridge import webhooks as wh
 
-    settings = _settings(config)
-    with _db(settings) as conn:
+    settings = load(config)
+    with database(settings) as conn:
         row = wh.stored(conn, connection)
     click.echo(f"stored: {row['remote_id']} → {row['url']}" if row else "stored: none")
     remote = _run(wh.remote_list(settings, connection))
-    click.echo("in the CRM: " + ("(the connector cannot list webhooks)" if remote is None else ", ".join(remote) or "none"))
+    listed = "(the connector cannot list webhooks)" if remote is None else ", ".join(remote) or "none"
+    click.echo(f"in the CRM: {listed}")
 
 
 def main() -> None:

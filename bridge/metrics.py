@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -15,6 +18,27 @@ class Metrics:
         self.job_seconds = Histogram("wpsb_job_duration_seconds", "Duration of successful job runs", ["connection"], registry=self.registry)
         self._delivery_children: dict[tuple[str, str], object] = {}
         self.queue = Gauge("wpsb_jobs_in_state", "Jobs per state at the last scrape", ["state"], registry=self.registry)
+        self._operational()
+
+    def _operational(self) -> None:
+        """What an operator alerts on: the version running, the queue's oldest wait, the services."""
+        from bridge import __version__
+
+        info = Gauge("wpsb_build_info", "Always 1; the labels say what runs", ["version", "python"], registry=self.registry)
+        info.labels(__version__, platform.python_version()).set(1)
+        self.oldest_wait = Gauge("wpsb_oldest_queued_job_age_seconds",
+                                 "Age of the oldest queued job at the last scrape (0: none waiting)",
+                                 registry=self.registry)
+        self.wordpress_up = Gauge("wpsb_wordpress_up", "1 when the last WordPress check (plugin status) passed",
+                                  registry=self.registry)
+        self.crm_up = Gauge("wpsb_crm_up", "1 when the connection's last CRM request was answered with our "
+                            "credentials accepted (jobs' requests, or the probe after a quiet minute)", ["connection"], registry=self.registry)
+
+    def set_wordpress_up(self, up: bool | None) -> None:
+        self.wordpress_up.set(1 if up else 0)
+
+    def set_crm_up(self, connection: str, up: bool) -> None:
+        self.crm_up.labels(connection).set(1 if up else 0)
 
     def delivery(self, connection: str | None, result: str) -> None:
         key = (connection or "-", result)
@@ -33,8 +57,10 @@ class Metrics:
     def job_dead(self, connection: str) -> None:
         self.jobs.labels(connection, "dead").inc()
 
-    def render(self, counts: dict[str, int]) -> bytes:
-        """The text exposition, with the queue gauges refreshed from ``counts``."""
+    def render(self, counts: dict[str, int], oldest_queued_at: float | None = None) -> bytes:
+        """The text exposition, with the queue gauges refreshed from ``counts`` and the oldest
+        queued job's creation time (None: nothing waits)."""
         for state, n in counts.items():
             self.queue.labels(state).set(n)
+        self.oldest_wait.set(max(0.0, time.time() - oldest_queued_at) if oldest_queued_at is not None else 0.0)
         return generate_latest(self.registry)

@@ -37,6 +37,7 @@ REQUEST_FIELDS = {
     "webhook_create": {"webhook_url", "connection"},
     "webhook_list": {"webhook_url"},
     "webhook_delete": {"webhook_id"},
+    "probe": set(),  # doctor's and wpsb_crm_up's harmless read: secrets only
 }
 PLACEHOLDERS = {"change-me", "changeme", "change_me", "xxx", "xxxx", "secret", "your-key-here", ""}
 
@@ -84,6 +85,11 @@ class ServerSettings(_Section):
     samples_per_connection: int = Field(5, ge=0)
     # The address CRMs reach the bridge at (behind the TLS proxy), for `webhooks register`.
     public_url: str | None = None
+    # /metrics on an address of its own (e.g. for a scraper on a private network) and/or behind a
+    # bearer token; unset: /metrics on the webhook listener, open (bind it to 127.0.0.1).
+    metrics_host: str | None = None
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_token: SecretStr | None = None
 
     @field_validator("access_keys")
     @classmethod

@@ -49,13 +49,16 @@ def test_placeholder_config_exits_78_naming_the_key():
 def test_missing_config_file_exits_78(tmp_path):
     """A config path that does not exist is a configuration error, not a traceback."""
     result = cli("check", "--config", str(tmp_path / "nope.toml"))
-    assert result.returncode == 78 and "config file not found" in result.stderr
+    assert result.returncode == 78 and "config file not found" in result.stdout
+    served = cli("serve", "--config", str(tmp_path / "nope.toml"))
+    assert served.returncode == 66 and "not found" in served.stderr
 
 
 def test_check_reports_unreachable_wordpress_with_69(config):
-    """check exits 69 when WordPress cannot be reached."""
+    """check (doctor's old name) exits 69 when WordPress cannot be reached, and says where."""
     result = cli("check", "--config", str(config))
-    assert result.returncode == 69 and "127.0.0.1:9" in result.stderr
+    assert result.returncode == 69, result.stdout
+    assert "wordpress" in result.stdout and "127.0.0.1:9" in result.stdout and "problem" in result.stdout
 
 
 async def test_discover_shows_fields_masked_and_a_mapping(config):
@@ -88,7 +91,15 @@ async def test_discover_shows_fields_masked_and_a_mapping(config):
     assert replay.returncode == 1 and "still refused: invalid_json" in replay.stdout
 
 
-def test_discover_without_samples_says_what_to_do(config):
-    """No deliveries yet: a clear hint and exit 1."""
+def test_discover_without_samples_says_what_to_do(config, tmp_path):
+    """No database yet: exit 66 naming database.path (none is created); no deliveries yet: a hint and exit 1."""
+    from bridge.store.db import connect, migrate
+
+    missing = cli("discover", "usercom", "--config", str(config))
+    assert missing.returncode == 66 and "database.path" in missing.stderr
+    assert not (tmp_path / "bridge.db").exists()
+    conn = connect(tmp_path / "bridge.db")
+    migrate(conn)
+    conn.close()
     result = cli("discover", "usercom", "--config", str(config))
     assert result.returncode == 1 and "send a test event" in result.stderr

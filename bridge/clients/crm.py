@@ -6,7 +6,7 @@ subscriptions are requests described in configuration, filled with ``{{merge_fie
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 
@@ -14,7 +14,7 @@ from bridge.clients.http import retrying, send
 from bridge.core.connector import ConnectorSpec, RequestSpec
 from bridge.core.paths import get_path
 from bridge.core.templates import UnsafePathValue, render, render_text
-from bridge.errors import NotFound, Permanent
+from bridge.errors import AuthFailed, NotFound, Permanent, RateLimited, RemoteError, Transient
 from bridge.settings import ConnectionSettings, WorkerSettings
 
 
@@ -22,7 +22,8 @@ class CrmClient:
     """Requests to one CRM connection. ``session`` is shared by all connections."""
 
     def __init__(self, name: str, conn: ConnectionSettings, session: aiohttp.ClientSession,
-                 retry: WorkerSettings, timeout_s: float = 15.0) -> None:
+                 retry: WorkerSettings, timeout_s: float = 15.0,
+                 observer: Callable[[str, bool], None] | None = None) -> None:
         self.name = name
         self.spec: ConnectorSpec = conn.spec()
         self._secrets = conn.secret_values()
@@ -30,6 +31,8 @@ class CrmClient:
         self._retry = retry
         self._timeout_s = timeout_s
         self.service = f"crm:{name}"
+        # Told (connection, up) after each request: up unless unreachable or refusing our credentials.
+        self._observer = observer
 
     def _values(self, **values: Any) -> dict[str, Any]:
         return {**values, "secrets": self._secrets}
@@ -55,13 +58,22 @@ class CrmClient:
     async def request(self, request: RequestSpec, values: dict[str, Any]) -> Any:
         """Send one described request with retries; return the decoded answer."""
         built = self.build(request, values)
-        async for attempt in retrying(self._retry.http_attempts, self._retry.http_backoff_s, self._retry.http_max_wait_s):
-            with attempt:
-                return await send(
-                    self._session, self.service, built["method"], built["url"], timeout_s=self._timeout_s,
-                    auth_markers=self.spec.auth_error_markers, not_found_markers=self.spec.not_found_markers,
-                    headers=built["headers"], params=built.get("params"), json=built.get("json"),
-                )
+        try:
+            async for attempt in retrying(self._retry.http_attempts, self._retry.http_backoff_s, self._retry.http_max_wait_s):
+                with attempt:
+                    answer = await send(
+                        self._session, self.service, built["method"], built["url"], timeout_s=self._timeout_s,
+                        auth_markers=self.spec.auth_error_markers, not_found_markers=self.spec.not_found_markers,
+                        headers=built["headers"], params=built.get("params"), json=built.get("json"),
+                    )
+        except RemoteError as exc:
+            if self._observer is not None:
+                down = isinstance(exc, (Transient, AuthFailed)) and not isinstance(exc, RateLimited)
+                self._observer(self.name, not down)
+            raise
+        if self._observer is not None:
+            self._observer(self.name, True)
+        return answer
 
     async def fetch_contact(self, contact_id: str | None, email: str | None) -> dict[str, Any] | None:
         """The contact record from the CRM, or None when the CRM has no such contact."""

@@ -82,6 +82,9 @@ class ConnectorSpec(BaseModel):
     webhook_create: RequestSpec | None = None
     webhook_delete: RequestSpec | None = None
     webhook_list: RequestSpec | None = None
+    # A harmless authenticated request (reads, never writes) that ``wp-sync-bridge doctor`` and the
+    # ``wpsb_crm_up`` metric send to check the credentials and that the CRM answers.
+    probe: RequestSpec | None = None
     # Answer bodies that mean "bad credentials" or "no such contact" whatever the status says
     # (Customerly answers a bad token with HTTP 500 "Access token not found.").
     auth_error_markers: list[str] = Field(default_factory=list)
@@ -154,6 +157,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "path": "/users",
             "json_body": {"users": [{"email": "{{email}}", "attributes": "{{attributes}}"}]},
         },
+        # WP Fusion's Customerly connection test is this plain list request.
+        "probe": {"method": "GET", "path": "/users"},
         "auth_error_markers": ["Access token not found"],
         "not_found_markers": ["User doesn't exist"],
     },
@@ -179,6 +184,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "path": "/users/{{contact_id}}/set_multiple_attributes/",
             "json_body": "{{attributes}}",
         },
+        # The user list (Django REST framework pagination); a bad token is a 401 with "detail".
+        "probe": {"method": "GET", "path": "/users/"},
     },
     # Rownd generic webhook: the operation is in the body, whatever HTTP method was configured.
     "rownd": {
@@ -203,6 +210,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "path": "/applications/{{secrets.app_id}}/users/{{contact_id}}/data",
             "json_body": {"data": "{{attributes}}"},
         },
+        # The application's user list: app key and secret checked, nothing written.
+        "probe": {"method": "GET", "path": "/applications/{{secrets.app_id}}/users/data"},
     },
     "generic": {},
 }

@@ -182,6 +182,7 @@ def retry_later(conn: sqlite3.Connection, now: float, job: Job, run_at: float, e
         "UPDATE jobs SET status = 'queued', run_at = ?, last_error = ?, lease_until = NULL, updated_at = ? WHERE id = ?",
         (run_at, error, now, job.id),
     )
+    _remember(conn, now, job.id, "retry", job.attempts, error)
     _release_merged(conn, now, job)
 
 
@@ -191,7 +192,14 @@ def bury(conn: sqlite3.Connection, now: float, job: Job, error: str) -> None:
         "UPDATE jobs SET status = 'dead', last_error = ?, secret = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
         (error, now, job.id),
     )
+    _remember(conn, now, job.id, "dead", job.attempts, error)
     _release_merged(conn, now, job)
+
+
+def _remember(conn: sqlite3.Connection, now: float, job_id: int, event: str, attempt: int, error: str | None) -> None:
+    """Append to the job's history (migration 0004), which a requeue keeps."""
+    conn.execute("INSERT INTO job_history (job_id, at, event, attempt, error) VALUES (?, ?, ?, ?, ?)",
+                 (job_id, now, event, attempt, error))
 
 
 def _release_merged(conn: sqlite3.Connection, now: float, job: Job) -> None:
@@ -245,9 +253,11 @@ def list_jobs(conn: sqlite3.Connection, status: str | None, limit: int) -> list[
 
 
 def requeue(conn: sqlite3.Connection, now: float, job_id: int) -> bool:
-    """Give a dead job a fresh start (after the operator fixed the cause)."""
-    cur = conn.execute(
-        "UPDATE jobs SET status = 'queued', attempts = 0, run_at = ?, updated_at = ? WHERE id = ? AND status = 'dead'",
-        (now, now, job_id),
-    )
-    return cur.rowcount == 1
+    """Give a dead job a fresh start (after the operator fixed the cause); its history is kept."""
+    row = conn.execute("SELECT attempts FROM jobs WHERE id = ? AND status = 'dead'", (job_id,)).fetchone()
+    if row is None:
+        return False
+    conn.execute("UPDATE jobs SET status = 'queued', attempts = 0, run_at = ?, updated_at = ? WHERE id = ?",
+                 (now, now, job_id))
+    _remember(conn, now, job_id, "requeued", row[0], None)
+    return True

@@ -9,6 +9,7 @@ paths with a JSON 404.
 
 from __future__ import annotations
 
+import hmac
 from typing import Awaitable, Callable
 
 import structlog
@@ -47,8 +48,36 @@ def _route(methods: tuple[str, ...], handler: Handler) -> Handler:
     return guarded
 
 
-def make_app(intake: Intake, ready: Health, metrics_body: Callable[[], Awaitable[bytes]], max_body_bytes: int) -> web.Application:
-    """The web application; ``ready`` reports readiness, ``metrics_body`` renders /metrics."""
+def metrics_handler(metrics_body: Callable[[], Awaitable[bytes]], token: str | None) -> Handler:
+    """``/metrics``: the exposition, behind ``Authorization: Bearer TOKEN`` when a token is set."""
+    expected = f"Bearer {token}".encode() if token else None
+
+    async def metrics(request: web.Request) -> web.Response:
+        if expected is not None:
+            given = request.headers.get(hdrs.AUTHORIZATION, "").encode()
+            if not hmac.compare_digest(given, expected):
+                return _error(401, "unauthorized", "a bearer token is required", {"WWW-Authenticate": "Bearer"})
+        return web.Response(body=await metrics_body(), content_type="text/plain")
+
+    return metrics
+
+
+def make_metrics_app(metrics_body: Callable[[], Awaitable[bytes]], token: str | None) -> web.Application:
+    """An application serving only ``/metrics`` (``server.metrics_host``/``metrics_port``)."""
+    app = web.Application()
+
+    async def not_found(request: web.Request) -> web.Response:
+        return _error(404, "not_found", "Not Found")
+
+    app.router.add_route("*", "/metrics", _route(("GET", "HEAD"), metrics_handler(metrics_body, token)))
+    app.router.add_route("*", "/{tail:.*}", _route(tuple(sorted(hdrs.METH_ALL)), not_found))
+    return app
+
+
+def make_app(intake: Intake, ready: Health, metrics_body: Callable[[], Awaitable[bytes]] | None,
+             max_body_bytes: int, metrics_token: str | None = None) -> web.Application:
+    """The web application; ``ready`` reports readiness, ``metrics_body`` renders /metrics (None:
+    /metrics is served on an address of its own, see ``make_metrics_app``)."""
     app = web.Application(client_max_size=max_body_bytes)
     webhook_methods = ("GET", "POST", "PUT", "PATCH")
     read_methods = ("GET", "HEAD")
@@ -60,9 +89,6 @@ def make_app(intake: Intake, ready: Health, metrics_body: Callable[[], Awaitable
         ok, detail = await ready()
         return web.json_response({"ready": ok, **detail}, status=200 if ok else 503)
 
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=await metrics_body(), content_type="text/plain")
-
     async def not_found(request: web.Request) -> web.Response:
         return _error(404, "not_found", "Not Found")
 
@@ -71,6 +97,7 @@ def make_app(intake: Intake, ready: Health, metrics_body: Callable[[], Awaitable
     app.router.add_route("*", "/hooks/{connection}", intake_handler)
     app.router.add_route("*", "/healthz", _route(read_methods, healthz))
     app.router.add_route("*", "/readyz", _route(read_methods, readyz))
-    app.router.add_route("*", "/metrics", _route(read_methods, metrics))
+    if metrics_body is not None:
+        app.router.add_route("*", "/metrics", _route(read_methods, metrics_handler(metrics_body, metrics_token)))
     app.router.add_route("*", "/{tail:.*}", _route(tuple(sorted(hdrs.METH_ALL)), not_found))
     return app

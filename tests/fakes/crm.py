@@ -106,11 +106,13 @@ class FakeCRM:
         r = app.router
         r.add_get("/customerly/v1/users", self._cly_get)
         r.add_post("/customerly/v1/users", self._cly_post)
+        r.add_get("/usercom/api/public/users/", self._uc_list)
         r.add_get("/usercom/api/public/users/search/", self._uc_search)
         r.add_get("/usercom/api/public/users/{id}/", self._uc_get)
         r.add_post("/usercom/api/public/users/{id}/set_multiple_attributes/", self._uc_set_attrs)
         r.add_post("/usercom/api/public/users/{id}/add_tag/", self._uc_add_tag)
         r.add_delete("/usercom/api/public/users/{id}/remove_tag/", self._uc_remove_tag)
+        r.add_get("/rownd/applications/{app}/users/data", self._rownd_list)
         r.add_get("/rownd/applications/{app}/users/{user}/data", self._rownd_get)
         r.add_patch("/rownd/applications/{app}/users/{user}/data", self._rownd_patch)
         r.add_get("/generic/contacts/{id}", self._gen_get)
@@ -321,6 +323,13 @@ class FakeCRM:
         user = self._uc_user(request)
         return _json(user) if user else _json({"detail": "Not found."}, 404)
 
+    async def _uc_list(self, request: web.Request) -> web.Response:
+        if (denied := self._uc_denied(request)) is not None:
+            return denied
+        # Assumed: Django REST framework's page shape (count, next, previous, results).
+        users = list(self._usercom.values())
+        return _json({"count": len(users), "next": None, "previous": None, "results": users[:100]})
+
     async def _uc_search(self, request: web.Request) -> web.Response:
         if (denied := self._uc_denied(request)) is not None:
             return denied
@@ -396,6 +405,14 @@ class FakeCRM:
     def _rownd_answer(user_id: str, record: dict) -> web.Response:
         return _json({"rownd_user": user_id, "data": record["data"], "verified_data": {},
                       "meta": {"modified": record.get("modified")}})
+
+    async def _rownd_list(self, request: web.Request) -> web.Response:
+        if (denied := self._rownd_denied(request)) is not None:
+            return denied
+        # Assumed: the application's users as {"results": [...], "total_results": N}.
+        app = request.match_info["app"]
+        results = [{"rownd_user": uid, "data": rec["data"]} for (a, uid), rec in self._rownd.items() if a == app]
+        return _json({"results": results, "total_results": len(results)})
 
     async def _rownd_get(self, request: web.Request) -> web.Response:
         if (denied := self._rownd_denied(request)) is not None:
