@@ -30,6 +30,7 @@ from bridge.sync import SyncContext
 from bridge.systemd import Notifier
 from bridge.tasks import TaskGroup
 from bridge.web.intake import Intake
+from bridge.web.edge import make_runner
 from bridge.web.server import make_app, make_metrics_app
 from bridge.worker import Worker
 
@@ -41,13 +42,7 @@ CRM_CHECK_INTERVAL_S = 60.0
 
 def secrets_of(settings: Settings) -> list[str]:
     """Every configured secret value, for the log redactor."""
-    values = [k.get_secret_value() for k in settings.server.access_keys]
-    values.append(settings.wordpress.application_password.get_secret_value())
-    for conn in settings.connections.values():
-        values.extend(conn.secret_values().values())
-        values.extend(k.get_secret_value() for k in conn.access_keys)
-        values.extend(s.get_secret_value() for s in conn.signing_secrets)
-    return [v for v in values if v]
+    return settings.secret_values()
 
 
 class Bridge:
@@ -59,7 +54,7 @@ class Bridge:
         self.redactor = redactor
         self.config_path = config_path  # re-read on SIGHUP
         self.notifier = notifier or Notifier()
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.connections)
         self.store: JobStore | None = None
         self.worker: Worker | None = None
         self.runner: web.AppRunner | None = None
@@ -102,7 +97,7 @@ class Bridge:
         token = s.server.metrics_token.get_secret_value() if s.server.metrics_token else None
         separate = s.server.metrics_port is not None
         app = make_app(intake, self._ready, None if separate else self._metrics_body, s.server.max_body_bytes, token)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+        self.runner = make_runner(app, s.server, self.metrics, handle_signals=False, shutdown_timeout=5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, s.server.host, s.server.port, backlog=1024)
         try:

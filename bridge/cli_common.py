@@ -71,6 +71,15 @@ def database(settings: Settings, write: bool = False) -> Iterator[Any]:
         fail(str(exc), EX_TEMPFAIL)
 
 
+def shown(value: Any, settings: Settings) -> Any:
+    """What an operator command may print of a job, a payload or a line: secret-named fields masked
+    at any depth (a payload's ``user_pass``, ``token``, ``api_key``...) and every configured secret
+    scrubbed from the text (an ``access_key=...`` in a URL too)."""
+    from bridge.logs import Redactor, mask_secret_fields
+
+    return Redactor(settings.secret_values()).scrub(mask_secret_fields(value))
+
+
 def scrub(text: str, settings: Settings | None) -> str:
     """``text`` with every configured secret value masked (the last guard before printing)."""
     if settings is None:

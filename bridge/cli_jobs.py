@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from bridge.cli_common import EX_FAILED, config_option, database, fail, load
+from bridge.cli_common import EX_FAILED, config_option, database, fail, load, shown
 from bridge.cli_format import iso, parse_since, when
 from bridge.store import operator as op
 from bridge.store import queue as q
@@ -70,9 +70,11 @@ def jobs_list(config: str | None, status: str | None, connection: str | None, co
               since: str | None, limit: int, as_json: bool) -> None:
     """List jobs, newest first."""
     after = _since(since)
-    with database(load(config)) as conn:
+    settings = load(config)
+    with database(settings) as conn:
         found = op.find_jobs(conn, status=status, connection=connection, contact=contact, since=after,
                              limit=limit or None)
+    found = shown(found, settings)
     if as_json:
         click.echo(json.dumps([_as_json(j) for j in found], indent=2, default=str))
         return
@@ -87,7 +89,8 @@ def jobs_list(config: str | None, status: str | None, connection: str | None, co
 @click.argument("job_id", type=int)
 def jobs_show(config: str | None, job_id: int) -> None:
     """Show one job as JSON, with its failure history (its secret, if any, is never shown)."""
-    with database(load(config)) as conn:
+    settings = load(config)
+    with database(settings) as conn:
         job = q.get_job(conn, job_id)
         history = op.history(conn, [job_id]).get(job_id, []) if job else []
     if job is None:
@@ -95,7 +98,7 @@ def jobs_show(config: str | None, job_id: int) -> None:
     out = {**job, "history": [{**h, "at": iso(h["at"])} for h in history]}
     for key in ("created_at", "updated_at", "run_at", "lease_until"):
         out[key] = iso(out[key])
-    click.echo(json.dumps(out, indent=2, default=str))
+    click.echo(json.dumps(shown(out, settings), indent=2, default=str))
 
 
 def _bulk(label: str, items: list[Any], act: Any) -> dict[str, int]:
@@ -155,9 +158,11 @@ def contacts() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON, each job with its failure history.")
 def contacts_history(config: str | None, contact: str, connection: str | None, as_json: bool) -> None:
     """Every job of CONTACT (an email or a CRM contact ID), oldest first, with failures and requeues."""
-    with database(load(config)) as conn:
+    settings = load(config)
+    with database(settings) as conn:
         found = op.find_jobs(conn, contact=contact, connection=connection, limit=None, oldest_first=True)
         history = op.history(conn, [j["id"] for j in found])
+    found, history = shown(found, settings), {job_id: shown(h, settings) for job_id, h in history.items()}
     if as_json:
         click.echo(json.dumps([_as_json(j, history.get(j["id"], [])) for j in found], indent=2, default=str))
         return
@@ -180,12 +185,13 @@ def rejected() -> None:
 @click.option("--limit", default=20, show_default=True, help="At most this many (0: all).")
 def rejected_list(config: str | None, limit: int) -> None:
     """List rejected deliveries, newest first."""
-    with database(load(config)) as conn:
+    settings = load(config)
+    with database(settings) as conn:
         rows = op.rejected(conn, limit=limit or None)
     for row in rows:
         replayed = f" replayed as job {row['replayed_job']}" if row["replayed_job"] else ""
-        click.echo(f"{row['id']:>6}  {when(row['received_at'])}  {row['connection'] or '-':<12} "
-                   f"{row['status']} {row['reason']}{replayed}")
+        click.echo(shown(f"{row['id']:>6}  {when(row['received_at'])}  {row['connection'] or '-':<12} "
+                         f"{row['status']} {row['reason']}{replayed}", settings))
 
 
 @rejected.command("replay")

@@ -3,6 +3,9 @@
 Two guards: keys that name a secret are masked whatever their value, and the text of every
 configured secret (access keys, the application password, CRM tokens) is scrubbed from any
 string value, so a secret that slips into an error message still does not reach the log.
+
+The standard library's loggers (aiohttp.server, aiohttp.web, aiohttp.access, asyncio, warnings)
+go through the same processors: one JSON line each, redacted like the bridge's own events.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ from typing import Any, Iterable
 import structlog
 
 MASK = "***"
+# A key in a URL that reached a message (a request line, a URL in an error): masked even when it is
+# not a configured key (a mistyped key is still someone's key).
+_KEY_IN_URL = re.compile(r"(access_key=)[^&\s'\"]+", re.I)
 SECRET_KEY = re.compile(r"pass(word)?|secret|token|access_key|authorization|api_key|app_key|credential", re.I)
+
+
+def _maskable(value: Any) -> bool:
+    # A flag such as has_secret=True says nothing secret; any other non-empty value is masked whole.
+    return bool(value) and not isinstance(value, bool)
 
 
 class Redactor:
@@ -41,20 +52,47 @@ class Redactor:
                 self._secret_key[key] = hit
         return hit
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The values scrubbed, longest first."""
+        return tuple(self._secrets)
+
     def scrub(self, value: Any) -> Any:
+        """``value`` with every known secret replaced by ``***`` and secret-named keys masked, at any depth."""
         if isinstance(value, str):
             for secret in self._secrets:
                 if secret in value:
                     value = value.replace(secret, MASK)
+            if "access_key=" in value:
+                value = _KEY_IN_URL.sub(r"\1" + MASK, value)
             return value
         if isinstance(value, dict):
-            return {k: (MASK if v and self._is_secret_key(k) else self.scrub(v)) for k, v in value.items()}
+            return {k: (MASK if _maskable(v) and self._is_secret_key(k) else self.scrub(v)) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [self.scrub(v) for v in value]
         return value
 
     def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
         return self.scrub(event)
+
+
+def scrub_text(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with each of ``secrets`` (those of 4 characters or more) replaced by ``***``, longest first."""
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def mask_secret_fields(value: Any) -> Any:
+    """A copy of a JSON-like value with every secret-named key's value (``password``, ``user_pass``,
+    ``token``, ``api_key``...: ``SECRET_KEY``) masked, at any depth; for showing payloads."""
+    if isinstance(value, dict):
+        return {k: (MASK if _maskable(v) and SECRET_KEY.search(str(k)) else mask_secret_fields(v))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secret_fields(v) for v in value]
+    return value
 
 
 _JSON = json.JSONEncoder(default=repr)  # one encoder for every event (json.dumps(default=...) builds one per call)
@@ -96,6 +134,42 @@ def _syslog_prefix(logger: Any, method: str, rendered: str) -> str:
 def set_level(level: str) -> None:
     """Change the level of every logger from now on (SIGHUP reload); ValueError on an unknown one."""
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level_number(level)))
+    logging.getLogger().setLevel(level_number(level))  # the standard library's loggers too
+
+
+class _StdlibHandler(logging.StreamHandler):
+    """The handler ``configure`` puts on the root logger (recognised, so a new configure replaces it)."""
+
+
+def _stdlib_event(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    # A record's message, arguments merged ("Error handling request from %s"), is the event; the
+    # record itself is dropped so that neither its raw arguments nor repr() reach the line.
+    record = event.pop("_record", None)
+    event.pop("_from_structlog", None)
+    if record is not None:
+        event["logger"] = record.name
+    return event
+
+
+def _route_stdlib(level: str, processors: list[Any], stream: Any) -> None:
+    """Send every standard-library log record through ``processors`` (redactor and renderer last)."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+        ],
+        processors=[_stdlib_event, *processors],
+        pass_foreign_args=False,
+    )
+    handler = _StdlibHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.getLevelName(level.upper()))
+    logging.captureWarnings(True)
 
 
 def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (), stream: Any = None,
@@ -110,6 +184,8 @@ def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (
         journal = stream is None and stderr_is_journal()
     redactor = Redactor(secrets)
     renderer = structlog.processors.JSONRenderer(serializer=_to_json) if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    stream = stream or sys.stderr
+    _route_stdlib(level, [redactor, renderer, *([_syslog_prefix] if journal else [])], stream)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -121,9 +197,10 @@ def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (
             *([_syslog_prefix] if journal else []),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(number),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,  # configure() may run again (tests, CLI)
     )
-    # aiohttp's access log would print query strings, i.e. access keys: keep it quiet.
+    # aiohttp's access log would print query strings, i.e. access keys: keep it quiet (and were it
+    # turned on, the redactor still scrubs the keys from its lines).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     return redactor

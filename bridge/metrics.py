@@ -1,21 +1,34 @@
-"""Prometheus metrics (``/metrics``). Labels carry connection names and outcomes, never secrets."""
+"""Prometheus metrics (``/metrics``). Labels carry connection names and outcomes, never secrets.
+
+Label values are bounded: a connection label is a configured connection's name, ``-`` when the
+request named none, and ``unknown`` for any other name (``?connection=<random>`` or
+``/hooks/<random>`` would otherwise add a series, and memory, per request).
+"""
 
 from __future__ import annotations
 
 import platform
 import time
+from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+UNKNOWN = "unknown"
+NONE = "-"
+
 
 class Metrics:
-    """The bridge's metrics in a registry of its own (several bridges can live in one test process)."""
+    """The bridge's metrics in a registry of its own (several bridges can live in one test process).
+    ``connections`` are the configured names, the only connection labels besides ``-`` and ``unknown``."""
 
-    def __init__(self) -> None:
+    def __init__(self, connections: Iterable[str] = ()) -> None:
+        self.connections = frozenset(connections)
         self.registry = CollectorRegistry()
         self.deliveries = Counter("wpsb_deliveries", "Webhook deliveries by result", ["connection", "result"], registry=self.registry)
         self.jobs = Counter("wpsb_jobs", "Finished job runs by outcome", ["connection", "outcome"], registry=self.registry)
         self.job_seconds = Histogram("wpsb_job_duration_seconds", "Duration of successful job runs", ["connection"], registry=self.registry)
+        self.connections_closed = Counter("wpsb_http_connections_closed", "Connections the server closed early, by reason",
+                                          ["reason"], registry=self.registry)
         self._delivery_children: dict[tuple[str, str], object] = {}
         self.queue = Gauge("wpsb_jobs_in_state", "Jobs per state at the last scrape", ["state"], registry=self.registry)
         self._operational()
@@ -40,22 +53,32 @@ class Metrics:
     def set_crm_up(self, connection: str, up: bool) -> None:
         self.crm_up.labels(connection).set(1 if up else 0)
 
+    def label(self, connection: str | None) -> str:
+        """The connection label for ``connection``: its name only when it is configured."""
+        if connection is None:
+            return NONE
+        return connection if connection in self.connections else UNKNOWN
+
     def delivery(self, connection: str | None, result: str) -> None:
-        key = (connection or "-", result)
+        key = (self.label(connection), result)
         child = self._delivery_children.get(key)
         if child is None:  # labels() takes a lock and builds a tuple: once per pair, not per delivery
             child = self._delivery_children[key] = self.deliveries.labels(*key)
         child.inc()
 
     def job_done(self, connection: str, outcome: str, duration_s: float) -> None:
-        self.jobs.labels(connection, outcome).inc()
-        self.job_seconds.labels(connection).observe(duration_s)
+        self.jobs.labels(self.label(connection), outcome).inc()
+        self.job_seconds.labels(self.label(connection)).observe(duration_s)
 
     def job_retry(self, connection: str) -> None:
-        self.jobs.labels(connection, "retry_scheduled").inc()
+        self.jobs.labels(self.label(connection), "retry_scheduled").inc()
 
     def job_dead(self, connection: str) -> None:
-        self.jobs.labels(connection, "dead").inc()
+        self.jobs.labels(self.label(connection), "dead").inc()
+
+    def connection_closed(self, reason: str) -> None:
+        """The server closed a connection early (``headers_timeout``, ``evicted``, ``refused``)."""
+        self.connections_closed.labels(reason).inc()
 
     def render(self, counts: dict[str, int], oldest_queued_at: float | None = None) -> bytes:
         """The text exposition, with the queue gauges refreshed from ``counts`` and the oldest

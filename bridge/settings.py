@@ -90,6 +90,15 @@ class ServerSettings(_Section):
     metrics_host: str | None = None
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_token: SecretStr | None = None
+    # Against floods (no key is needed to open a connection): a request's line and headers must
+    # arrive within headers_timeout_s of the connection (or of its first byte after a keep-alive
+    # pause), its body within body_timeout_s; an idle keep-alive connection is closed after
+    # keepalive_timeout_s; at max_connections the oldest connection still waiting for its request
+    # is closed to make room (a new one is refused only when every connection is busy).
+    headers_timeout_s: float = Field(10, gt=0)
+    body_timeout_s: float = Field(30, gt=0)
+    keepalive_timeout_s: float = Field(15, gt=0)
+    max_connections: int = Field(512, ge=1)
 
     @field_validator("access_keys")
     @classmethod
@@ -126,6 +135,12 @@ class WorkerSettings(_Section):
     retry_base_s: float = Field(5, gt=0)
     retry_max_s: float = Field(6 * 3600, gt=0)
     done_retention_s: float = Field(7 * 24 * 3600, ge=0)
+    # What untrusted senders can grow is bounded: dead jobs and rejected deliveries are pruned
+    # after their retention, and beyond the cap the oldest go first.
+    dead_retention_s: float = Field(30 * 24 * 3600, ge=0)
+    dead_max_jobs: int = Field(100_000, ge=0)
+    rejected_retention_s: float = Field(14 * 24 * 3600, ge=0)
+    rejected_max_rows: int = Field(10_000, ge=0)
     shutdown_grace_s: float = Field(20, ge=0)
     # tenacity, within one job run: a few quick attempts before handing back to the queue.
     http_attempts: int = Field(3, ge=1, le=10)
@@ -365,6 +380,19 @@ class Settings(BaseSettings):
     def has_access_keys(self) -> bool:
         """Whether any key (global or per connection) can authenticate a delivery."""
         return bool(self.server.access_keys) or any(c.access_keys for c in self.connections.values())
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret as plain text (access keys, the application password, CRM
+        secrets, signing secrets): what the log redactor and the stored errors scrub."""
+        values = [k.get_secret_value() for k in self.server.access_keys]
+        values.append(self.wordpress.application_password.get_secret_value())
+        if self.server.metrics_token is not None:
+            values.append(self.server.metrics_token.get_secret_value())
+        for conn in self.connections.values():
+            values.extend(conn.secret_values().values())
+            values.extend(k.get_secret_value() for k in conn.access_keys)
+            values.extend(s.get_secret_value() for s in conn.signing_secrets)
+        return [v for v in values if v]
 
     def default_connection(self) -> str | None:
         """The connection used on ``/`` when the request names none."""

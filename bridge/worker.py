@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import traceback
 from typing import Any, Callable
 
 import structlog
 
 from bridge.errors import Permanent, RateLimited, Transient
+from bridge.logs import scrub_text
 from bridge.metrics import Metrics
 from bridge.store import queue as q
 from bridge.store.jobs import JobStore
@@ -45,6 +47,7 @@ class Worker:
         self._running: dict[int, Job] = {}
         self._jobs = TaskGroup()
         self._loops = TaskGroup()
+        self._secrets = ctx.settings.secret_values()
 
     def notify(self) -> None:
         """A job was queued: look for work now rather than at the next poll. With every slot busy
@@ -118,10 +121,14 @@ class Worker:
         self._wake.set()
 
     async def _failed(self, job: Job, exc: Exception, bound: Any) -> None:
-        error = f"{type(exc).__name__}: {exc}"
+        # The clients already scrub what they sent; this is the second guard before the error is
+        # stored in last_error (shown by `jobs list/show`) and logged: no configured secret and
+        # not the job's generated password.
+        error = scrub_text(f"{type(exc).__name__}: {exc}", (*self._secrets, job.secret))
         retryable = isinstance(exc, Transient) or not isinstance(exc, Permanent)
         if not isinstance(exc, (Transient, Permanent)):
-            bound.error("job.crashed", error=error, exc_info=exc)
+            trace = "".join(traceback.format_exception(exc))
+            bound.error("job.crashed", error=error, exception=scrub_text(trace, (*self._secrets, job.secret)))
         if retryable and job.attempts < self.cfg.max_attempts:
             delay_s = backoff_s(job.attempts, self.cfg.retry_base_s, self.cfg.retry_max_s)
             if isinstance(exc, RateLimited) and exc.retry_after_s:
@@ -149,6 +156,15 @@ class Worker:
             removed = await self.store.call(q.prune, self.store.clock(), self.cfg.done_retention_s, window_s)
             if any(removed):
                 log.info("queue.pruned", jobs=removed[0], dedupe_keys=removed[1])
+            await self._prune_untrusted()
+
+    async def _prune_untrusted(self) -> None:
+        """Dead jobs and rejected deliveries past their retention or cap (settings.worker)."""
+        c = self.cfg
+        dead, rejected = await self.store.call(q.prune_untrusted, self.store.clock(), c.dead_retention_s, c.dead_max_jobs,
+                                               c.rejected_retention_s, c.rejected_max_rows)
+        if dead or rejected:
+            log.info("queue.pruned_untrusted", dead_jobs=dead, rejected=rejected)
 
 
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:

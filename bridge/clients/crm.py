@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import aiohttp
 
-from bridge.clients.http import retrying, send
+from bridge.clients.http import redacting, retrying, send
 from bridge.core.connector import ConnectorSpec, RequestSpec
 from bridge.core.paths import get_path
 from bridge.core.templates import UnsafePathValue, render, render_text
@@ -55,12 +55,14 @@ class CrmClient:
             out["json"] = render(request.json_body, merged)
         return out
 
-    async def request(self, request: RequestSpec, values: dict[str, Any]) -> Any:
-        """Send one described request with retries; return the decoded answer."""
+    async def request(self, request: RequestSpec, values: dict[str, Any], sent_secrets: tuple[str, ...] = ()) -> Any:
+        """Send one described request with retries; return the decoded answer. The connection's
+        secrets and ``sent_secrets`` (e.g. written-back values) are scrubbed from every error."""
         built = self.build(request, values)
+        redact = (*self._secrets.values(), *sent_secrets)
         try:
             async for attempt in retrying(self._retry.http_attempts, self._retry.http_backoff_s, self._retry.http_max_wait_s):
-                with attempt:
+                with attempt, redacting(redact):
                     answer = await send(
                         self._session, self.service, built["method"], built["url"], timeout_s=self._timeout_s,
                         auth_markers=self.spec.auth_error_markers, not_found_markers=self.spec.not_found_markers,
@@ -89,9 +91,12 @@ class CrmClient:
         return record
 
     async def write_back(self, contact_id: str | None, email: str | None, attributes: dict[str, Any]) -> Any:
-        """Write fields (e.g. the generated password) to the contact."""
+        """Write fields (e.g. the generated password) to the contact; no written value appears in
+        the errors it raises (nor in the retry log lines)."""
         if self.spec.write_back is None:
             raise Permanent(self.service, "this connector has no write_back request")
+        written = tuple(v for v in attributes.values() if isinstance(v, str))
         return await self.request(
-            self.spec.write_back, {"contact_id": contact_id or email or "", "email": email or "", "attributes": attributes}
+            self.spec.write_back, {"contact_id": contact_id or email or "", "email": email or "", "attributes": attributes},
+            sent_secrets=written,
         )

@@ -12,13 +12,15 @@ import email.utils
 import json
 import random
 import time
-from typing import Any, Iterable, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Mapping
 
 import aiohttp
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from bridge.errors import AuthFailed, NotFound, Permanent, RateLimited, Transient
+from bridge.errors import AuthFailed, NotFound, Permanent, RateLimited, RemoteError, Transient
+from bridge.logs import scrub_text
 
 log = structlog.get_logger("bridge.http")
 
@@ -128,6 +130,29 @@ async def send(
         raise Transient(service, f"no answer within {timeout_s:g} s") from None
     except aiohttp.ClientError as exc:
         raise Transient(service, f"connection failed: {type(exc).__name__}") from None
+
+
+def redact_error(exc: RemoteError, values: Iterable[str | None]) -> RemoteError:
+    """Scrub ``values`` (secrets the request carried) from the error's message, code and text, in
+    place: a remote that echoes the request in its error body (Customerly answering 400 with the
+    posted attributes) must not carry a password or token into logs, ``last_error`` or the CLI."""
+    values = [v for v in values if isinstance(v, str)]
+    if values:
+        exc.message = scrub_text(exc.message, values)
+        if exc.code is not None:
+            exc.code = scrub_text(str(exc.code), values)
+        exc.args = tuple(scrub_text(a, values) if isinstance(a, str) else a for a in exc.args)
+    return exc
+
+
+@contextmanager
+def redacting(values: Iterable[str | None]) -> Iterator[None]:
+    """Scrub ``values`` from any RemoteError leaving the block. Put it inside tenacity's
+    ``with attempt`` so that the ``http.retry`` line and the final error are already clean."""
+    try:
+        yield
+    except RemoteError as exc:
+        raise redact_error(exc, values)
 
 
 def retrying(attempts: int, backoff_s: float, max_wait_s: float) -> AsyncRetrying:

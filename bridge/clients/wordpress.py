@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from bridge.clients.http import basic_auth, retrying, send
+from bridge.clients.http import basic_auth, redacting, retrying, send
 from bridge.settings import Settings
 
 # 2: the plugin skips privileged users (outcome skipped_privileged) and refuses protected meta and
@@ -113,11 +113,11 @@ class RestWordPress:
             },
         )
 
-    async def _call(self, method: str, route: str, **kwargs: Any) -> Any:
+    async def _call(self, method: str, route: str, redact: tuple[str | None, ...] = (), **kwargs: Any) -> Any:
         # ?rest_route= works whatever the site's permalink settings are.
         params = {"rest_route": f"/wp-sync-bridge/v1/{route}", **kwargs.pop("params", {})}
         async for attempt in retrying(self._retry.http_attempts, self._retry.http_backoff_s, self._retry.http_max_wait_s):
-            with attempt:
+            with attempt, redacting(redact):
                 return await send(self._session, self.service, method, self._base, params=params,
                                   timeout_s=self._timeout_s, **kwargs)
 
@@ -140,7 +140,8 @@ class RestWordPress:
 
     async def upsert(self, request: UpsertRequest) -> UpsertResult:
         """Create or update the user (serialised per email inside WordPress)."""
-        return UpsertResult.from_json(await self._call("POST", "users/upsert", json=request.as_args()))
+        return UpsertResult.from_json(await self._call("POST", "users/upsert", redact=(request.password,),
+                                                       json=request.as_args()))
 
     async def delete(self, args: dict[str, Any]) -> dict[str, Any]:
         """Remove the user's roles or delete the user (``policy``); administrators are never touched."""

@@ -17,7 +17,7 @@ import xmlrpc.client
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bridge.clients.http import retrying
+from bridge.clients.http import redacting, retrying
 from bridge.clients.wordpress import UpsertRequest, UpsertResult, _roles
 from bridge.errors import AuthFailed, NotFound, Permanent, RateLimited, Transient
 from bridge.settings import Settings
@@ -134,10 +134,10 @@ class XmlRpcWordPress:
             self._local.client = None
             raise read_fault(exc) from None
 
-    async def _call(self, method: AuthenticatedMethod) -> Any:
+    async def _call(self, method: AuthenticatedMethod, redact: tuple[str | None, ...] = ()) -> Any:
         loop = asyncio.get_running_loop()
         async for attempt in retrying(self._retry.http_attempts, self._retry.http_backoff_s, self._retry.http_max_wait_s):
-            with attempt:
+            with attempt, redacting((self._password, *redact)):
                 return await loop.run_in_executor(self._pool, self._blocking, method)
 
     async def status(self) -> dict[str, Any]:
@@ -154,7 +154,7 @@ class XmlRpcWordPress:
         return user or None
 
     async def upsert(self, request: UpsertRequest) -> UpsertResult:
-        return UpsertResult.from_json(await self._call(_Upsert(request.as_args())))
+        return UpsertResult.from_json(await self._call(_Upsert(request.as_args()), redact=(request.password,)))
 
     async def delete(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self._call(_Delete({k: v for k, v in args.items() if v is not None}))

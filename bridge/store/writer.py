@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 import structlog
 
@@ -47,12 +47,26 @@ from bridge.errors import BridgeError
 T = TypeVar("T")
 log = structlog.get_logger("bridge.store")
 
+# The child runs SQL only: it gets the locale, the temporary directory and the interpreter's own
+# switches, never the daemon's settings (WPSB_* carry the application password and CRM tokens).
+CHILD_ENV_NAMES = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SQLITE_TMPDIR", "PYTHONPATH",
+                             "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PYTHONFAULTHANDLER",
+                             "PYTHONDEVMODE", "PYTHONHASHSEED", "PYTHONSAFEPATH", "COVERAGE_PROCESS_START"})
+
 _HEADER = struct.Struct("!I")
 _READ_SIZE = 1 << 20
 
 
 class WriterUnavailable(BridgeError):
     """The database writer process is gone; the call was not committed (or its answer was lost)."""
+
+
+def child_env(environ: Mapping[str, str], package_root: str) -> dict[str, str]:
+    """The writer child's environment: only ``CHILD_ENV_NAMES`` and ``LC_*`` from ``environ``, with
+    ``package_root`` first on PYTHONPATH (so ``-m bridge.store.writer`` finds this checkout)."""
+    env = {k: v for k, v in environ.items() if k in CHILD_ENV_NAMES or k.startswith("LC_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
 
 
 # --- shared by both sides -------------------------------------------------------------------------
@@ -244,9 +258,7 @@ class Writer:
     def start(self) -> None:
         """Start the writer process (the asyncio side connects on the first call)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parent.parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        env = child_env(os.environ, str(Path(__file__).resolve().parent.parent.parent))
         try:
             self._proc = subprocess.Popen([sys.executable, "-m", "bridge.store.writer", str(child.fileno()), self.path],
                                           pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)

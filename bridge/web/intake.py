@@ -7,6 +7,7 @@ an accepted one is answered 202 only after its job is committed to disk.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import time
@@ -123,6 +124,16 @@ class Intake:
         return "connection" if scoped_ok else None
 
     async def _read_body(self, request: web.Request) -> bytes:
+        """The body, within the size limit and ``server.body_timeout_s`` (a slow sender gets a 408;
+        aiohttp then reads what is left for a short lingering time and closes the connection)."""
+        try:
+            async with asyncio.timeout(self.settings.server.body_timeout_s):
+                return await self._read_body_now(request)
+        except TimeoutError:
+            raise BadDelivery(408, "body_timeout", f"the body did not arrive within {self.settings.server.body_timeout_s:g} s",
+                              field="body") from None
+
+    async def _read_body_now(self, request: web.Request) -> bytes:
         """The body, decoded; BadDelivery 413 over the limit, 415 for a Content-Encoding aiohttp
         would pass through undecoded, 400 for one it cannot decode (a corrupt gzip)."""
         encoding = request.headers.get("Content-Encoding", "").strip().lower()

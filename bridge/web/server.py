@@ -4,7 +4,8 @@ No middleware: aiohttp runs an application's middlewares through two extra corou
 request, which cost the webhook intake about 4 % of its throughput (``bench/intake.py``). Each handler
 is instead registered for every method through ``_route``, which answers a method it does not take
 with a JSON 405 and any unexpected error with a JSON 503; a last catch-all route answers unknown
-paths with a JSON 404.
+paths with a JSON 404. Below the application, each connection is guarded (``bridge.web.edge``):
+malformed requests, header and body timeouts, the connection cap.
 """
 
 from __future__ import annotations
