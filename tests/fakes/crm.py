@@ -56,6 +56,7 @@ class _Failure:
     method: str | None
     retry_after_s: float | None
     body: Any
+    echo: bool = False
 
 
 # Typed request storage where aiohttp offers it (3.13+), a plain key before that.
@@ -169,12 +170,16 @@ class FakeCRM:
         self._failures.clear()
 
     def fail(self, path_prefix: str, *, status: int, times: int = 1, method: str | None = None,
-             retry_after_s: float | None = None, body: Any = None) -> None:
+             retry_after_s: float | None = None, body: Any = None, echo: bool = False) -> None:
         """Answer the next ``times`` requests whose path starts with ``path_prefix`` (and whose method
         is ``method``, when given) with ``status``, a JSON ``body`` (default {"error": "injected"}) and,
-        when ``retry_after_s`` is given, ``Retry-After`` in whole seconds (rounded up)."""
+        when ``retry_after_s`` is given, ``Retry-After`` in whole seconds (rounded up).
+
+        ``echo=True`` answers in Customerly's error style with a message that quotes the request:
+        its body and its auth headers, as APIs that echo the posted attributes in a validation
+        error do (``{"error": {"message": "Invalid attributes: {...}", "code": status}}``)."""
         self._failures.append(_Failure(path_prefix, status, times, method.upper() if method else None,
-                                       retry_after_s, body))
+                                       retry_after_s, body, echo))
 
     def _injected(self, request: web.Request) -> web.Response | None:
         for failure in self._failures:
@@ -184,6 +189,8 @@ class FakeCRM:
                 headers = None
                 if failure.retry_after_s is not None:
                     headers = {"Retry-After": str(math.ceil(failure.retry_after_s))}
+                if failure.echo:
+                    return _json({"error": {"message": _echo(request), "code": failure.status}}, failure.status, headers)
                 return _json(failure.body if failure.body is not None else {"error": "injected"}, failure.status, headers)
         return None
 
@@ -501,6 +508,12 @@ class FakeCRM:
         if self.webhooks.pop(request.match_info["id"], None) is None:
             return _json({"error": "not found"}, 404)
         return web.Response(status=204)
+
+
+def _echo(request: web.Request) -> str:
+    rec = request[_RECORDED]
+    auth = {k: v for k, v in rec.headers.items() if k.lower() in ("authorization", "authentication", "x-api-key")}
+    return f"Invalid attributes: {rec.body.decode('utf-8', 'replace')} (sent with {auth})"
 
 
 def seed_demo(crm: FakeCRM) -> None:
