@@ -99,7 +99,7 @@ class Bridge:
         app = make_app(intake, self._ready, None if separate else self._metrics_body, s.server.max_body_bytes, token)
         self.runner = make_runner(app, s.server, self.metrics, handle_signals=False, shutdown_timeout=5)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, s.server.host, s.server.port, backlog=1024)
+        site = web.TCPSite(self.runner, s.server.host, s.server.port, backlog=s.server.backlog)
         try:
             await site.start()
         except OSError as exc:

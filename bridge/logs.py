@@ -169,6 +169,7 @@ def _route_stdlib(level: str, processors: list[Any], stream: Any) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.getLevelName(level.upper()))
+    logging.captureWarnings(False)  # then True again: hook the current warnings.showwarning
     logging.captureWarnings(True)
 
 

@@ -99,6 +99,10 @@ class ServerSettings(_Section):
     body_timeout_s: float = Field(30, gt=0)
     keepalive_timeout_s: float = Field(15, gt=0)
     max_connections: int = Field(512, ge=1)
+    # The listen backlog is also how many connections one accept round can take at once, before the
+    # cap sees them: max_connections + 2 x backlog must stay below the descriptor limit (1,024 by
+    # default under systemd), or accept() fails with EMFILE and intake pauses.
+    backlog: int = Field(128, ge=1, le=65535)
 
     @field_validator("access_keys")
     @classmethod

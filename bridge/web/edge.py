@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import resource
 import time
 from typing import Any, Callable
 
@@ -203,9 +204,20 @@ class GuardedRunner(web.AppRunner):
         return server
 
 
+def fd_budget(server: ServerSettings) -> int:
+    """Descriptors the server may need at once: the cap, two accept rounds of the backlog (accepted
+    before the cap sees them), and a margin for the database, the writer and outgoing sessions."""
+    return server.max_connections + 2 * server.backlog + 64
+
+
 def make_runner(app: web.Application, server: ServerSettings, metrics: Metrics | None = None,
                 **kwargs: Any) -> GuardedRunner:
-    """The runner for ``app`` with the flood settings of ``server`` (timeouts, connection cap)."""
+    """The runner for ``app`` with the flood settings of ``server`` (timeouts, connection cap).
+    Warns (``http.fd_limit_low``) when the process's descriptor limit is below what they need."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < fd_budget(server):
+        log.warning("http.fd_limit_low", limit=soft, needed=fd_budget(server), max_connections=server.max_connections,
+                    backlog=server.backlog, hint="raise LimitNOFILE= or lower server.max_connections")
     guard = ConnectionGuard(server.max_connections, metrics)
     # lingering_time: after an early answer (413, 408) aiohttp reads and drops the rest of the body
     # for this long before closing; 10 s by default, which a trickling sender would get for free.
