@@ -152,6 +152,29 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeo
     assert b'"alive": true' in rest
 
 
+async def test_a_next_request_trickled_on_a_kept_alive_connection_meets_the_headers_timeout(tmp_path):
+    """After a first request, the start of a second one trickled a header at a time is closed after
+    headers_timeout_s, though the keep-alive timeout is long."""
+    async with serving(tmp_path / "bridge.db", keepalive_timeout_s=60, headers_timeout_s=0.5) as s:
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.bridge.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0].split(b":")[1])
+        await reader.readexactly(length)
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
+        started = time.monotonic()
+        while not reader.at_eof() and time.monotonic() - started < 10:
+            writer.write(b"X-Slow: 1\r\n")
+            try:
+                await asyncio.wait_for(reader.read(), 0.1)
+            except asyncio.TimeoutError:
+                pass
+        writer.close()
+        text = await metrics_text(s)
+    assert reader.at_eof() and time.monotonic() - started < 10
+    assert 'wpsb_http_connections_closed_total{reason="headers_timeout"} 1.0' in text
+
+
 async def test_a_body_that_does_not_arrive_in_time_is_answered_408(tmp_path):
     """Headers announce 100 bytes, 10 arrive: 408 body_timeout once body_timeout_s has passed, nothing stored."""
     async with serving(tmp_path / "bridge.db", body_timeout_s=0.5) as s:

@@ -126,6 +126,8 @@ class Intake:
     async def _read_body(self, request: web.Request) -> bytes:
         """The body, within the size limit and ``server.body_timeout_s`` (a slow sender gets a 408;
         aiohttp then reads what is left for a short lingering time and closes the connection)."""
+        if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
+            return await self._read_body_now(request)
         try:
             async with asyncio.timeout(self.settings.server.body_timeout_s):
                 return await self._read_body_now(request)
