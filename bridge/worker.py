@@ -47,7 +47,7 @@ class Worker:
         self._running: dict[int, Job] = {}
         self._jobs = TaskGroup()
         self._loops = TaskGroup()
-        self._secrets = ctx.settings.secret_values()
+        self._secrets = set(ctx.settings.secret_values())  # grows on reload: a rotated-out token may still echo
 
     def notify(self) -> None:
         """A job was queued: look for work now rather than at the next poll. With every slot busy
@@ -124,6 +124,7 @@ class Worker:
         # The clients already scrub what they sent; this is the second guard before the error is
         # stored in last_error (shown by `jobs list/show`) and logged: no configured secret and
         # not the job's generated password.
+        self._secrets.update(self.ctx.settings.secret_values())
         error = scrub_text(f"{type(exc).__name__}: {exc}", (*self._secrets, job.secret))
         retryable = isinstance(exc, Transient) or not isinstance(exc, Permanent)
         if not isinstance(exc, (Transient, Permanent)):

@@ -246,3 +246,34 @@ def test_retention_defaults_are_the_documented_ones():
     w = WorkerSettings()
     assert (w.rejected_retention_s, w.rejected_max_rows) == (14 * 86400, 10_000)
     assert (w.dead_retention_s, w.dead_max_jobs) == (30 * 86400, 100_000)
+
+
+# --- the worker's second guard -----------------------------------------------------------------------
+
+
+async def test_the_worker_scrubs_configured_secrets_and_the_jobs_password_from_last_error(tmp_path, log_stream):
+    """An error that reaches the worker unscrubbed (a crash quoting the token and the job's generated
+    password) is stored in last_error and logged without them."""
+    from bridge.settings import load_settings
+    from bridge.sync import SyncContext
+    from bridge.worker import Worker
+
+    settings = load_settings(None, database={"path": str(tmp_path / "w.db")}, worker={"max_attempts": 1},
+                             connections={"customerly": {"crm": "customerly", "base_url": "http://127.0.0.1:9/v1",
+                                                         "secrets": {"token": "worker-guard-token"}}})
+    store = JobStore.open(settings.database.path)
+    try:
+        await store.enqueue("k", 60, "customerly", "add", "c", json.dumps({"connection": "customerly"}))
+        [job] = await store.claim(1, 60)
+        await store.save_stage(job.id, None, PASSWORD)
+        job.secret = PASSWORD
+        worker = Worker(SyncContext(settings, None, {}, store), store, Metrics(["customerly"]))
+        await worker._failed(job, RuntimeError(f"crashed with worker-guard-token and {PASSWORD}"),
+                             structlog.get_logger("test").bind(job_id=job.id))
+        stored = (await store.get_job(job.id))["last_error"]
+    finally:
+        store.close()
+    assert stored.startswith("gave up after 1 attempts: RuntimeError: crashed with ***")
+    for text in (stored, log_stream.getvalue()):
+        assert "worker-guard-token" not in text and PASSWORD not in text
+    assert "job.crashed" in log_stream.getvalue() and "job.dead" in log_stream.getvalue()
