@@ -171,6 +171,15 @@ def _route_stdlib(level: str, processors: list[Any], stream: Any) -> None:
     root.setLevel(logging.getLevelName(level.upper()))
     logging.captureWarnings(False)  # then True again: hook the current warnings.showwarning
     logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    """An exception nothing caught ends the process as one redacted JSON event, not a bare traceback."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
+        return
+    logging.getLogger("bridge").critical("process.uncaught_exception", exc_info=(kind, value, tb))
 
 
 def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (), stream: Any = None,

@@ -277,3 +277,17 @@ async def test_the_worker_scrubs_configured_secrets_and_the_jobs_password_from_l
     for text in (stored, log_stream.getvalue()):
         assert "worker-guard-token" not in text and PASSWORD not in text
     assert "job.crashed" in log_stream.getvalue() and "job.dead" in log_stream.getvalue()
+
+
+def test_an_uncaught_exception_ends_as_one_redacted_json_event():
+    """A crash nothing catches prints a JSON event with the traceback, the secret scrubbed, not a bare traceback."""
+    import subprocess
+    import sys
+
+    code = ("from bridge.logs import configure; configure('info', 'json', secrets=['uncaught-secret-1']); "
+            "raise RuntimeError('failed with uncaught-secret-1')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    [event] = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    assert event["event"] == "process.uncaught_exception" and "RuntimeError: failed with ***" in event["exception"]
+    assert "uncaught-secret-1" not in result.stderr
