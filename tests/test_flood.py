@@ -9,6 +9,8 @@ import io
 import json
 import os
 import resource
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -46,6 +48,14 @@ async def exchange(port: int, data: bytes, timeout_s: float = 10) -> bytes:
         return await asyncio.wait_for(reader.read(), timeout_s)
     finally:
         writer.close()
+
+
+async def open_abortive(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection whose close is a reset (SO_LINGER 0): thousands of them leave no client port in
+    TIME_WAIT, where it could keep another test's server (on a port in the ephemeral range) from binding."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return reader, writer
 
 
 def delivery_bytes(key: str = KEY1) -> bytes:
@@ -192,7 +202,7 @@ async def test_at_the_cap_waiting_connections_make_room_and_busy_ones_refuse(tmp
     """With max_connections=20: 60 idle connections do not keep a delivery out (the oldest idle ones
     are closed); with 20 requests in progress a new connection is refused; one warning is logged."""
     async with serving(tmp_path / "bridge.db", max_connections=20, headers_timeout_s=60, body_timeout_s=60) as s:
-        idle = [await asyncio.open_connection("127.0.0.1", s.bridge.port) for _ in range(60)]
+        idle = [await open_abortive(s.bridge.port) for _ in range(60)]
         assert status_of(await exchange(s.bridge.port, delivery_bytes())) == 202
         await asyncio.sleep(0.2)
         closed = sum([await _closed_soon(r) for r, _ in idle])
@@ -203,7 +213,7 @@ async def test_at_the_cap_waiting_connections_make_room_and_busy_ones_refuse(tmp
         # 20 connections busy in a request (headers in, body pending): nothing to evict.
         busy = []
         for _ in range(20):
-            r, w = await asyncio.open_connection("127.0.0.1", s.bridge.port)
+            r, w = await open_abortive(s.bridge.port)
             w.write(f"POST /?wpf_action=add&access_key={KEY1} HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{{".encode())
             await w.drain()
             busy.append((r, w))
@@ -294,7 +304,7 @@ async def test_two_thousand_idle_and_slowloris_connections_do_not_stop_deliverie
     try:
         assert Path(f"/proc/{proc.pid}/limits").read_text().count(f"{FD_LIMIT}") >= 1
         for i in range(FLOOD):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await open_abortive(port)
             if i % 2:  # slowloris: a request line, then a header now and then
                 writer.write(f"POST /?wpf_action=add&access_key={KEY1} HTTP/1.1\r\nHost: x\r\n".encode())
             flood.append((reader, writer))
