@@ -204,6 +204,7 @@ async def test_no_secret_anywhere_after_a_full_run(tmp_path, wp_stack, fake_crm)
         await run.wait_job(body_job)
         for path in ("/metrics", "/readyz", "/healthz"):
             await run.request("GET", path)
+        metrics = run.answers[-3]
         await run.session.close()
     finally:
         if run.session is not None and not run.session.closed:
@@ -241,6 +242,8 @@ async def test_no_secret_anywhere_after_a_full_run(tmp_path, wp_stack, fake_crm)
     assert ok_email in dump and "Invalid attributes" in dump  # the dump does hold the run
 
     places = {"log": logs, "answers": "\n".join(run.answers), "database": dump, **cli_outputs}
+    # A connection name nobody configured is counted, under one label, not as a series of its own.
+    assert 'result="unknown_connection"} 1.0' in metrics and "nonexistent" not in metrics
     assert all(len(value) >= 8 for value in secret_values.values())
     leaks = [f"the {name} appears in {place}" for name, value in secret_values.items()
              for place, text in places.items() if value in text]
