@@ -67,7 +67,8 @@ class Redactor:
                 value = _KEY_IN_URL.sub(r"\1" + MASK, value)
             return value
         if isinstance(value, dict):
-            return {k: (MASK if _maskable(v) and self._is_secret_key(k) else self.scrub(v)) for k, v in value.items()}
+            return {k: (MASK if _maskable(v) and self._is_secret_key(k) else self.scrub(v))
+                    for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [self.scrub(v) for v in value]
         return value

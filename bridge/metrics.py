@@ -27,8 +27,9 @@ class Metrics:
         self.deliveries = Counter("wpsb_deliveries", "Webhook deliveries by result", ["connection", "result"], registry=self.registry)
         self.jobs = Counter("wpsb_jobs", "Finished job runs by outcome", ["connection", "outcome"], registry=self.registry)
         self.job_seconds = Histogram("wpsb_job_duration_seconds", "Duration of successful job runs", ["connection"], registry=self.registry)
-        self.connections_closed = Counter("wpsb_http_connections_closed", "Connections the server closed early, by reason",
-                                          ["reason"], registry=self.registry)
+        self.connections_closed = Counter("wpsb_http_connections_closed",
+                                          "Connections the server closed early, by reason", ["reason"],
+                                          registry=self.registry)
         self._delivery_children: dict[tuple[str, str], object] = {}
         self.queue = Gauge("wpsb_jobs_in_state", "Jobs per state at the last scrape", ["state"], registry=self.registry)
         self._operational()

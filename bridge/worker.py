@@ -47,7 +47,7 @@ class Worker:
         self._running: dict[int, Job] = {}
         self._jobs = TaskGroup()
         self._loops = TaskGroup()
-        self._secrets = set(ctx.settings.secret_values())  # grows on reload: a rotated-out token may still echo
+        self._secrets = set(ctx.settings.secret_values())  # grows on reload: an old token may still echo
 
     def notify(self) -> None:
         """A job was queued: look for work now rather than at the next poll. With every slot busy
@@ -162,8 +162,8 @@ class Worker:
     async def _prune_untrusted(self) -> None:
         """Dead jobs and rejected deliveries past their retention or cap (settings.worker)."""
         c = self.cfg
-        dead, rejected = await self.store.call(q.prune_untrusted, self.store.clock(), c.dead_retention_s, c.dead_max_jobs,
-                                               c.rejected_retention_s, c.rejected_max_rows)
+        dead, rejected = await self.store.call(q.prune_untrusted, self.store.clock(), c.dead_retention_s,
+                                               c.dead_max_jobs, c.rejected_retention_s, c.rejected_max_rows)
         if dead or rejected:
             log.info("queue.pruned_untrusted", dead_jobs=dead, rejected=rejected)
 

@@ -55,7 +55,8 @@ class CrmClient:
             out["json"] = render(request.json_body, merged)
         return out
 
-    async def request(self, request: RequestSpec, values: dict[str, Any], sent_secrets: tuple[str, ...] = ()) -> Any:
+    async def request(self, request: RequestSpec, values: dict[str, Any],
+                      sent_secrets: tuple[str, ...] = ()) -> Any:
         """Send one described request with retries; return the decoded answer. The connection's
         secrets and ``sent_secrets`` (e.g. written-back values) are scrubbed from every error."""
         built = self.build(request, values)
@@ -97,6 +98,7 @@ class CrmClient:
             raise Permanent(self.service, "this connector has no write_back request")
         written = tuple(v for v in attributes.values() if isinstance(v, str))
         return await self.request(
-            self.spec.write_back, {"contact_id": contact_id or email or "", "email": email or "", "attributes": attributes},
+            self.spec.write_back,
+            {"contact_id": contact_id or email or "", "email": email or "", "attributes": attributes},
             sent_secrets=written,
         )

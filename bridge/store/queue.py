@@ -221,14 +221,16 @@ def prune_untrusted(conn: sqlite3.Connection, now: float, dead_retention_s: floa
                     rejected_retention_s: float, rejected_max: int) -> tuple[int, int]:
     """Bound what senders can grow: delete dead jobs and rejected deliveries past their retention,
     then the oldest beyond their caps (newest kept): (dead jobs, rejected rows) removed."""
-    dead = conn.execute("DELETE FROM jobs WHERE status = 'dead' AND updated_at < ?", (now - dead_retention_s,)).rowcount
+    dead = conn.execute("DELETE FROM jobs WHERE status = 'dead' AND updated_at < ?",
+                        (now - dead_retention_s,)).rowcount
     (n_dead,) = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'dead'").fetchone()
     if n_dead > dead_max:
         # The cut-off is the newest of the surplus: every dead job up to it goes.
         (cut,) = conn.execute("SELECT id FROM jobs WHERE status = 'dead' ORDER BY id LIMIT 1 OFFSET ?",
                               (n_dead - dead_max - 1,)).fetchone()
         dead += conn.execute("DELETE FROM jobs WHERE status = 'dead' AND id <= ?", (cut,)).rowcount
-    rejected = conn.execute("DELETE FROM rejected WHERE received_at < ?", (now - rejected_retention_s,)).rowcount
+    rejected = conn.execute("DELETE FROM rejected WHERE received_at < ?",
+                            (now - rejected_retention_s,)).rowcount
     row = conn.execute("SELECT id FROM rejected ORDER BY id DESC LIMIT 1 OFFSET ?", (rejected_max,)).fetchone()
     if row is not None:
         rejected += conn.execute("DELETE FROM rejected WHERE id <= ?", (row[0],)).rowcount

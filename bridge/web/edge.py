@@ -103,7 +103,8 @@ class GuardedRequestHandler(RequestHandler):
 
     __slots__ = ("_guard", "_headers_timeout_s", "_headers_timer")
 
-    def __init__(self, manager: web.Server, *, guard: ConnectionGuard, headers_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, *, guard: ConnectionGuard, headers_timeout_s: float,
+                 **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._headers_timeout_s = headers_timeout_s
@@ -189,7 +190,8 @@ class GuardedServer(web.Server):
 class GuardedRunner(web.AppRunner):
     """An AppRunner serving through a GuardedServer."""
 
-    def __init__(self, app: web.Application, guard: ConnectionGuard, headers_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, guard: ConnectionGuard, headers_timeout_s: float,
+                 **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.guard = guard
         self.headers_timeout_s = headers_timeout_s
@@ -216,8 +218,9 @@ def make_runner(app: web.Application, server: ServerSettings, metrics: Metrics |
     Warns (``http.fd_limit_low``) when the process's descriptor limit is below what they need."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < fd_budget(server):
-        log.warning("http.fd_limit_low", limit=soft, needed=fd_budget(server), max_connections=server.max_connections,
-                    backlog=server.backlog, hint="raise LimitNOFILE= or lower server.max_connections")
+        log.warning("http.fd_limit_low", limit=soft, needed=fd_budget(server),
+                    max_connections=server.max_connections, backlog=server.backlog,
+                    hint="raise LimitNOFILE= or lower server.max_connections")
     guard = ConnectionGuard(server.max_connections, metrics)
     # lingering_time: after an early answer (413, 408) aiohttp reads and drops the rest of the body
     # for this long before closing; 10 s by default, which a trickling sender would get for free.

@@ -132,7 +132,8 @@ class Intake:
             async with asyncio.timeout(self.settings.server.body_timeout_s):
                 return await self._read_body_now(request)
         except TimeoutError:
-            raise BadDelivery(408, "body_timeout", f"the body did not arrive within {self.settings.server.body_timeout_s:g} s",
+            raise BadDelivery(408, "body_timeout",
+                              f"the body did not arrive within {self.settings.server.body_timeout_s:g} s",
                               field="body") from None
 
     async def _read_body_now(self, request: web.Request) -> bytes:

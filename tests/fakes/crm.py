@@ -190,7 +190,8 @@ class FakeCRM:
                 if failure.retry_after_s is not None:
                     headers = {"Retry-After": str(math.ceil(failure.retry_after_s))}
                 if failure.echo:
-                    return _json({"error": {"message": _echo(request), "code": failure.status}}, failure.status, headers)
+                    body = {"error": {"message": _echo(request), "code": failure.status}}
+                    return _json(body, failure.status, headers)
                 return _json(failure.body if failure.body is not None else {"error": "injected"}, failure.status, headers)
         return None
 
