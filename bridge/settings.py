@@ -95,14 +95,23 @@ class ServerSettings(_Section):
     # pause), its body within body_timeout_s; an idle keep-alive connection is closed after
     # keepalive_timeout_s; at max_connections the oldest connection still waiting for its request
     # is closed to make room (a new one is refused only when every connection is busy).
-    headers_timeout_s: float = Field(10, gt=0)
-    body_timeout_s: float = Field(30, gt=0)
-    keepalive_timeout_s: float = Field(15, gt=0)
-    max_connections: int = Field(512, ge=1)
+    headers_timeout_s: float = Field(10, gt=0, description=(
+        "Seconds for a request line and headers to arrive (from the connection, or from a request's "
+        "first byte after a keep-alive pause); a slower connection is closed."))
+    body_timeout_s: float = Field(30, gt=0, description=(
+        "Seconds for a delivery's body to arrive once its headers have; a slower one is answered "
+        "408 body_timeout."))
+    keepalive_timeout_s: float = Field(15, gt=0, description=(
+        "Seconds an idle keep-alive connection is kept open."))
+    max_connections: int = Field(512, ge=1, description=(
+        "Connections served at once; at the cap the oldest one still waiting for its request is closed "
+        "to make room, and a new one is refused only when all are busy in a request (warned once a minute)."))
     # The listen backlog is also how many connections one accept round can take at once, before the
     # cap sees them: max_connections + 2 x backlog must stay below the descriptor limit (1,024 by
     # default under systemd), or accept() fails with EMFILE and intake pauses.
-    backlog: int = Field(128, ge=1, le=65535)
+    backlog: int = Field(128, ge=1, le=65535, description=(
+        "The listen backlog; keep max_connections + 2 x backlog + 64 under the descriptor limit "
+        "(LimitNOFILE)."))
 
     @field_validator("access_keys")
     @classmethod
@@ -141,10 +150,14 @@ class WorkerSettings(_Section):
     done_retention_s: float = Field(7 * 24 * 3600, ge=0)
     # What untrusted senders can grow is bounded: dead jobs and rejected deliveries are pruned
     # after their retention, and beyond the cap the oldest go first.
-    dead_retention_s: float = Field(30 * 24 * 3600, ge=0)
-    dead_max_jobs: int = Field(100_000, ge=0)
-    rejected_retention_s: float = Field(14 * 24 * 3600, ge=0)
-    rejected_max_rows: int = Field(10_000, ge=0)
+    dead_retention_s: float = Field(30 * 24 * 3600, ge=0,
+                                    description="Seconds a dead job is kept before it is pruned.")
+    dead_max_jobs: int = Field(100_000, ge=0,
+                               description="Dead jobs kept at most; beyond, the oldest are pruned first.")
+    rejected_retention_s: float = Field(14 * 24 * 3600, ge=0, description=(
+        "Seconds a rejected delivery is kept (for `rejected replay`) before it is pruned."))
+    rejected_max_rows: int = Field(10_000, ge=0, description=(
+        "Rejected deliveries kept at most; beyond, the oldest are pruned first."))
     shutdown_grace_s: float = Field(20, ge=0)
     # tenacity, within one job run: a few quick attempts before handing back to the queue.
     http_attempts: int = Field(3, ge=1, le=10)
