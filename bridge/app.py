@@ -244,8 +244,8 @@ class Bridge:
     async def _start_metrics(self, token: str | None) -> None:
         """``/metrics`` on ``server.metrics_host:metrics_port`` (default host: ``server.host``)."""
         s = self.settings.server
-        self.metrics_runner = web.AppRunner(make_metrics_app(self._metrics_body, token), access_log=None,
-                                            handle_signals=False)
+        # Guarded like the webhook listener (bridge.web.edge): timeouts, the cap, no request line echoed.
+        self.metrics_runner = make_runner(make_metrics_app(self._metrics_body, token), s, None, handle_signals=False)
         await self.metrics_runner.setup()
         host = s.metrics_host or s.host
         try:

@@ -126,6 +126,15 @@ async def test_malformed_requests_get_json_400_and_one_log_event_without_the_key
     assert KEY1 not in log_stream.getvalue() and "access_key" not in log_stream.getvalue()
 
 
+async def test_the_metrics_listener_is_guarded_too(tmp_path, log_stream):
+    """/metrics on a port of its own answers a malformed request with the same JSON 400, no request text."""
+    async with serving(tmp_path / "bridge.db", metrics_port=0, metrics_token="metrics-token-12345") as s:
+        answer = await exchange(s.bridge.metrics_port,
+                                b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization\x01: Bearer metrics-token-12345\r\n\r\n")
+    assert status_of(answer) == 400 and b'"bad_request"' in answer and b"metrics-token-12345" not in answer
+    assert "metrics-token-12345" not in log_stream.getvalue()
+
+
 async def test_idle_and_slowloris_connections_are_closed_after_the_headers_timeout(tmp_path, log_stream):
     """No byte, or headers trickled a line at a time: closed once headers_timeout_s has passed."""
     async with serving(tmp_path / "bridge.db", headers_timeout_s=0.5, keepalive_timeout_s=30) as s:
