@@ -25,10 +25,11 @@ from bridge.logs import Redactor, set_level
 from bridge.metrics import Metrics
 from bridge.reload import apply_reloadable
 from bridge.settings import Settings, load_settings
+from bridge.store import queue as q
 from bridge.store.jobs import JobStore
 from bridge.sync import SyncContext
 from bridge.systemd import Notifier
-from bridge.tasks import TaskGroup
+from bridge.tasks import LoopHealth, TaskGroup, guarded
 from bridge.web.intake import Intake
 from bridge.web.server import make_app
 from bridge.worker import Worker
@@ -36,6 +37,9 @@ from bridge.worker import Worker
 log = structlog.get_logger("bridge.app")
 WP_CHECK_INTERVAL_S = 30.0
 STATUS_INTERVAL_S = 5.0
+# /metrics, /readyz and STATUS= count the queue at most this often (a count reads an index: not
+# free at 100k jobs).
+COUNTS_MAX_AGE_S = 5.0
 
 
 def secrets_of(settings: Settings) -> list[str]:
@@ -73,6 +77,8 @@ class Bridge:
         self._crm_args: tuple = ()
         self._retired: list = []  # WordPress clients replaced by a reload, closed at stop
         self._reload_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self.health = LoopHealth()
 
     async def start(self) -> None:
         """Open the database, the HTTP sessions, start workers and the web server."""
@@ -88,9 +94,10 @@ class Bridge:
         self._crm_args = (self._session, s.worker, s.wordpress.timeout_s)
         crms = {name: CrmClient(name, conn, *self._crm_args) for name, conn in s.connections.items()}
         ctx = SyncContext(s, self._wordpress, crms, self.store)
-        self.worker = Worker(ctx, self.store, self.metrics)
+        self.worker = Worker(ctx, self.store, self.metrics, self.health)
         await self.worker.start()
-        self._background.spawn(self._watch_wordpress(), "wordpress.check")
+        self._background.spawn(guarded("wordpress_check", self._check_wordpress, self.health, self._stopping,
+                                       max_s=s.worker.loop_backoff_max_s), "wordpress.check")
         self._intake = intake = Intake(s, self.store, self.metrics, self.worker.notify)
         app = make_app(intake, self._ready, self._metrics_body, s.server.max_body_bytes)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
@@ -113,6 +120,7 @@ class Bridge:
             await self.runner.cleanup()
         if self.worker is not None:
             await self.worker.stop(self.settings.worker.shutdown_grace_s)
+        self._stopping.set()
         await self._background.cancel()
         for client in [*self._retired, self._wordpress]:
             if client is not None:
@@ -192,7 +200,7 @@ class Bridge:
         where = f"serving on {self.settings.server.host}:{self.port}"
         try:
             async with asyncio.timeout(STATUS_INTERVAL_S):
-                counts = await self.store.counts()
+                counts = await self.store.cached_counts(COUNTS_MAX_AGE_S)
         except Exception as exc:  # the status line says so; the loop goes on
             return f"{where}, queue unreadable: {type(exc).__name__}"
         status = f"{where}, {counts['queued']} queued, {counts['running']} running, {counts['dead']} dead"
@@ -216,33 +224,39 @@ class Bridge:
                 last_status, last_status_at = status, time.monotonic()
             await asyncio.sleep(interval_s)
 
-    async def _watch_wordpress(self) -> None:
-        while True:
-            try:
-                status = await self._wordpress.status()
-                api = int(status.get("api_version", 0))
-                if api != API_VERSION:
-                    self._wp_ok, self._wp_error = False, f"plugin api_version {api}, bridge needs {API_VERSION}"
-                else:
-                    if self._wp_ok is not True:
-                        log.info("wordpress.reachable", plugin=status.get("plugin_version"), wordpress=status.get("wordpress_version"))
-                    self._wp_ok, self._wp_error = True, None
-            except Exception as exc:  # readiness reports it; the queue keeps jobs meanwhile
-                if self._wp_ok is not False:
-                    log.warning("wordpress.unreachable", error=str(exc))
-                self._wp_ok, self._wp_error = False, str(exc)
-            await asyncio.sleep(WP_CHECK_INTERVAL_S)
+    async def _check_wordpress(self) -> None:
+        """One round of the WordPress watch (runs behind ``guarded``): status, then the pause."""
+        try:
+            status = await self._wordpress.status()
+            api = int(status.get("api_version", 0))
+            if api != API_VERSION:
+                self._wp_ok, self._wp_error = False, f"plugin api_version {api}, bridge needs {API_VERSION}"
+            else:
+                if self._wp_ok is not True:
+                    log.info("wordpress.reachable", plugin=status.get("plugin_version"),
+                             wordpress=status.get("wordpress_version"))
+                self._wp_ok, self._wp_error = True, None
+        except Exception as exc:  # readiness reports it; the queue keeps jobs meanwhile
+            if self._wp_ok is not False:
+                log.warning("wordpress.unreachable", error=str(exc))
+            self._wp_ok, self._wp_error = False, str(exc)
+        await asyncio.sleep(WP_CHECK_INTERVAL_S)
 
     async def _ready(self) -> tuple[bool, dict]:
-        detail: dict = {"wordpress": self._wp_ok, "database": False}
+        """Ready: WordPress answered at the last check, the database reads, and every background
+        loop's last round (claims, result writes, maintenance, the WordPress watch) went through.
+        Reads use the store's read-only connection: a scrape never waits behind group commits."""
+        detail: dict = {"wordpress": self._wp_ok, "database": False, "loops": dict(self.health.healthy)}
         if self._wp_error:
             detail["wordpress_error"] = self._wp_error
+        if self.health.errors:
+            detail["loop_errors"] = dict(self.health.errors)
         try:
-            await self.store.counts()
+            await self.store.read(q.ping)
             detail["database"] = True
         except Exception as exc:
             detail["database_error"] = str(exc)
-        return bool(detail["database"] and self._wp_ok), detail
+        return bool(detail["database"] and self._wp_ok and self.health.all_ok), detail
 
     async def _metrics_body(self) -> bytes:
-        return self.metrics.render(await self.store.counts())
+        return self.metrics.render(await self.store.cached_counts(COUNTS_MAX_AGE_S), self.health.healthy)

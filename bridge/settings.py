@@ -116,6 +116,10 @@ class WorkerSettings(_Section):
     concurrency: int = Field(4, ge=1, le=256)
     max_attempts: int = Field(10, ge=1)
     lease_s: float = Field(120, gt=0)
+    # A run's deadline (monotonic): past it the run is cancelled and the job retried.
+    job_timeout_s: float = Field(300, gt=0)
+    # The longest pause of a background loop (or a result write) after repeated errors.
+    loop_backoff_max_s: float = Field(30, gt=0)
     poll_interval_s: float = Field(1.0, gt=0)
     retry_base_s: float = Field(5, gt=0)
     retry_max_s: float = Field(6 * 3600, gt=0)

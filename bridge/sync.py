@@ -123,7 +123,7 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
     if plan.keep_password and job.secret is None:
         # Kept before the upsert only when it must reach the CRM: a repeated run then sends the
         # same password and the write-back can still happen. Otherwise it is never stored.
-        await ctx.store.save_stage(job.id, None, password)
+        await ctx.store.save_stage(job, None, password)
         job.secret = password
     req = UpsertRequest(**plan.upsert, notify_email_change=wp.email_change_notice,
                         # Lets a repeated run learn that this job created the user, so the write-back
@@ -144,7 +144,7 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
     attributes = _write_back_fields(conn, sent_password, result) if result.created else {}
     if attributes:
         stage = {"step": "write_back", "outcome": outcome, "fields": sorted(attributes)}
-        await ctx.store.save_stage(job.id, json.dumps(stage), sent_password)
+        await ctx.store.save_stage(job, json.dumps(stage), sent_password)
         return await _write_back(ctx, job, crm, newest, stage, sent_password)
     return outcome
 
