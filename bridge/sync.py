@@ -5,6 +5,12 @@ repeated run sends the same one) and the upsert carries the job's ``request_id``
 reports a user this job created as created, even on a repeat). After the upsert the job records
 the stage ``write_back``; a repeated run then only retries the write-back. The password is erased
 from the database when the job finishes or dies.
+
+Write-back is therefore at-least-once, with the same value for as long as the job lives (its
+retries). A dead job keeps no plaintext password: when the operator requeues it, the write-back
+sets a fresh password on the user this job created (upsert with ``set_password``), keeps it in the
+job, and writes that one back; the outcome says ``password_renewed``, or ``password_not_written``
+with the reason when the user is no longer found under that email.
 """
 
 from __future__ import annotations
@@ -143,7 +149,8 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
     sent_password = password if plan.password_generated else None
     attributes = _write_back_fields(conn, sent_password, result) if result.created else {}
     if attributes:
-        stage = {"step": "write_back", "outcome": outcome, "fields": sorted(attributes)}
+        stage = {"step": "write_back", "outcome": outcome, "fields": sorted(attributes),
+                 "email": plan.upsert["email"]}
         await ctx.store.save_stage(job, json.dumps(stage), sent_password)
         return await _write_back(ctx, job, crm, newest, stage, sent_password)
     return outcome
@@ -154,12 +161,38 @@ async def _write_back(ctx: SyncContext, job: Job, crm: CrmClient, delivery: Deli
     """Write the generated password (and return fields) to the CRM; retried, never logged."""
     conn = ctx.settings.connections[delivery.connection]
     outcome = dict(stage["outcome"])
+    if password is None and conn.return_password_field and conn.return_password_field in stage.get("fields", ()):
+        password, why_not = await _renew_password(ctx, job, crm, delivery, stage)
+        if password is None:
+            return {**outcome, "written_back": [], "password_not_written": why_not}
+        outcome["password_renewed"] = True
     result = UpsertResult(user_id=outcome.get("user_id"), created=True, outcome=outcome["outcome"], login=outcome.get("login"))
     attributes = _write_back_fields(conn, password, result)
     await crm.write_back(delivery.contact_id, delivery.email or None, attributes)
     log.info("sync.written_back", job_id=job.id, fields=sorted(attributes))
     outcome["written_back"] = sorted(attributes)
     return outcome
+
+
+async def _renew_password(ctx: SyncContext, job: Job, crm: CrmClient, delivery: Delivery,
+                          stage: dict[str, Any]) -> tuple[str | None, str | None]:
+    """A new password for the user this job created, when the one it made is gone (a dead job keeps
+    no plaintext password, so a requeued write-back has nothing to send): set on the user through
+    the plugin's upsert (``set_password``), kept in the job first so a repeat sends the same one.
+    Returns (password, None), or (None, why not) when the user is no longer the one this job made."""
+    wp = ctx.settings.wordpress
+    email = stage.get("email") or delivery.email
+    if not email:
+        return None, "the job does not know the email of the user it created"
+    password = generate_password(wp.password_length)
+    await ctx.store.save_stage(job, json.dumps(stage), password)
+    job.secret = password
+    result = await ctx.wordpress.upsert(UpsertRequest(email=email, password=password, set_password=True, create=False,
+                                                      default_role=wp.default_role))
+    if result.user_id is None or result.user_id != stage["outcome"].get("user_id"):
+        return None, f"the user this job created (ID {stage['outcome'].get('user_id')}) no longer has that email"
+    log.info("sync.password_renewed", job_id=job.id, user_id=result.user_id)
+    return password, None
 
 
 async def _delete(ctx: SyncContext, conn, crm: CrmClient, delivery: Delivery) -> dict[str, Any]:
