@@ -51,7 +51,12 @@ class Worker:
         self.metrics = metrics
         self.cfg = ctx.settings.worker
         self.health = health if health is not None else LoopHealth()
+        self.monotonic = monotonic
         self.leases = LeaseWatch(self.cfg.lease_s, monotonic)
+        # WordPress unreachable: no claims until a probe gets through (see _dispatch_once).
+        self.paused = False
+        self._probe_failures = 0
+        self._next_probe = 0.0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._running: dict[int, Job] = {}
@@ -108,6 +113,8 @@ class Worker:
 
     async def _dispatch_once(self) -> None:
         self._wake.clear()
+        if self.paused and not await self._probe():
+            return
         free = self.cfg.concurrency - len(self._running)
         if free > 0:
             try:
@@ -120,6 +127,36 @@ class Worker:
                 self._jobs.spawn(self._run(job), f"job.{job.id}")
         # Every finished job and every new delivery sets the event; the poll catches run_at.
         await _wait(self._wake, self.cfg.poll_interval_s)
+
+    def _pause(self, error: str) -> None:
+        """A job found WordPress unreachable: stop claiming (waiting jobs keep their attempts and
+        WordPress gets probes instead of jobs) until a probe gets through."""
+        if not self.paused:
+            self.paused, self._probe_failures = True, 0
+            self._next_probe = self.monotonic() + 1.0
+            log.warning("worker.paused", reason=error)
+
+    async def _probe(self) -> bool:
+        """While paused: ask WordPress for its status when the backoff (1 s doubling to
+        ``worker.outage_probe_max_s``) allows; True, and dispatch resumes, once it answers."""
+        wait_s = self._next_probe - self.monotonic()
+        if wait_s > 0:
+            await _wait(self._stopping, min(wait_s, self.cfg.poll_interval_s))
+            return False
+        try:
+            await self.ctx.wordpress.status()
+        except Exception as exc:  # still down: probe later
+            self._probe_failures += 1
+            delay_s = backoff_capped_s(self._probe_failures, 1.0, self.cfg.outage_probe_max_s)
+            self._next_probe = self.monotonic() + delay_s
+            self.health.failed("wordpress_probe", exc)
+            log.info("worker.probe_failed", error=f"{type(exc).__name__}: {exc}", probes=self._probe_failures,
+                     next_probe_s=round(delay_s, 1))
+            return False
+        self.paused = False
+        self.health.ok("wordpress_probe")
+        log.info("worker.resumed", probes=self._probe_failures + 1)
+        return True
 
     async def _run(self, job: Job) -> None:
         bound = log.bind(job_id=job.id, connection=job.connection, action=job.effective_action, attempt=job.attempts)
@@ -182,12 +219,25 @@ class Worker:
                     self.health.ok("record")
             return ok
 
+    def _exhausted(self, job: Job) -> str | None:
+        """Why a retryable job gets no more retries: its age past ``worker.retry_budget_s`` (counted
+        from its arrival or requeue), or ``worker.max_attempts`` runs when that is set."""
+        if self.cfg.max_attempts is not None and job.attempts >= self.cfg.max_attempts:
+            return f"gave up after {job.attempts} attempts"
+        age_s = self.store.clock() - job.budget_from
+        if age_s >= self.cfg.retry_budget_s:
+            return f"gave up after {age_s / 3600:.1f} h of retries ({job.attempts} attempts)"
+        return None
+
     async def _failed(self, job: Job, exc: Exception, bound: Any) -> None:
         error = f"{type(exc).__name__}: {exc}"
         retryable = isinstance(exc, Transient) or not isinstance(exc, Permanent)
         if not isinstance(exc, (Transient, Permanent)):
             bound.error("job.crashed", error=error, exc_info=exc)
-        if retryable and job.attempts < self.cfg.max_attempts:
+        if isinstance(exc, Transient) and exc.service.startswith("wordpress"):
+            self._pause(error)
+        gave_up = self._exhausted(job) if retryable else None
+        if retryable and gave_up is None:
             delay_s = backoff_s(job.attempts, self.cfg.retry_base_s, self.cfg.retry_max_s)
             if isinstance(exc, RateLimited) and exc.retry_after_s:
                 delay_s = max(delay_s, exc.retry_after_s)
@@ -196,7 +246,7 @@ class Worker:
                 self.metrics.job_retry(job.connection)
                 bound.warning("job.retry_scheduled", error=error, delay_s=round(delay_s, 1))
         else:
-            reason = error if not retryable else f"gave up after {job.attempts} attempts: {error}"
+            reason = error if not retryable else f"{gave_up}: {error}"
             if await self._record(job, bound, "bury", lambda: self.store.bury(job, reason)):
                 self.metrics.job_dead(job.connection)
                 bound.error("job.dead", error=reason)

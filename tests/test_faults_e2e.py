@@ -20,6 +20,8 @@ import signal
 import time
 
 import pytest
+import structlog
+import structlog.testing
 
 from tests.conftest import bridge_config, customerly_delivery, unique_email
 from tests.wp import WordPressProbe
@@ -52,19 +54,23 @@ def metric(text: str, name: str) -> float:
 
 
 async def test_a_writer_killed_during_a_claim_costs_one_logged_round_not_the_dispatcher(
-        tmp_path, wp_stack, fake_crm, start_bridge, capfd):
+        tmp_path, wp_stack, fake_crm, start_bridge):
     """SIGKILL the writer child while the dispatcher's claim waits on it: the claim fails, the loop
     logs it, backs off and goes on with a new writer; deliveries then run as usual."""
     b = await start_bridge(bridge_config(tmp_path, wp_stack, fake_crm))
     bridge = b.bridge
     pid = bridge.store.writer_pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        # The dispatcher polls every 0.2 s: after a few polls its claim waits on the stopped writer.
-        await asyncio.sleep(1.0)
-    finally:
-        os.kill(pid, signal.SIGKILL)
-    await until(lambda: asyncio.sleep(0, bridge.health.failures.get("dispatch", 0) >= 1), what="a failed claim")
+    with structlog.testing.capture_logs() as events:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # The dispatcher polls every 0.2 s: after a few polls its claim waits on the stopped writer.
+            await asyncio.sleep(1.0)
+        finally:
+            os.kill(pid, signal.SIGKILL)
+        await until(lambda: asyncio.sleep(0, bridge.health.failures.get("dispatch", 0) >= 1), what="a failed claim")
+        await until(lambda: asyncio.sleep(0, any(e["event"] == "loop.recovered" for e in events)), what="recovery")
+    failed = [e for e in events if e["event"] == "loop.failed"]
+    assert failed and failed[0]["loop"] == "dispatch" and "WriterUnavailable" in failed[0]["error"]
     emails = [unique_email("afterkill") for _ in range(3)]
     for email in emails:
         fake_crm.add_customerly_user(email, attributes={"first_name": "Kill"})
@@ -77,8 +83,6 @@ async def test_a_writer_killed_during_a_claim_costs_one_logged_round_not_the_dis
     assert metric(text, "wpsb_queue_claim_failures_total") >= 1
     assert 'wpsb_loop_healthy{loop="dispatch"} 1.0' in text
     assert (await get(b, "/readyz"))[0] == 200
-    out = capfd.readouterr().out
-    assert "loop.failed" in out and "loop=dispatch" in out and "loop.recovered" in out
 
 
 async def test_an_unwritable_database_turns_readiness_red_and_every_job_runs_once_it_is_repaired(

@@ -10,11 +10,12 @@ from typing import Any
 
 import aiohttp
 
+from bridge.clients.gate import RateGate
 from bridge.clients.http import retrying, send
 from bridge.core.connector import ConnectorSpec, RequestSpec
 from bridge.core.paths import get_path
 from bridge.core.templates import UnsafePathValue, render, render_text
-from bridge.errors import NotFound, Permanent
+from bridge.errors import NotFound, Permanent, RateLimited
 from bridge.settings import ConnectionSettings, WorkerSettings
 
 
@@ -30,6 +31,7 @@ class CrmClient:
         self._retry = retry
         self._timeout_s = timeout_s
         self.service = f"crm:{name}"
+        self.gate = RateGate(self.service)
 
     def _values(self, **values: Any) -> dict[str, Any]:
         return {**values, "secrets": self._secrets}
@@ -57,11 +59,17 @@ class CrmClient:
         built = self.build(request, values)
         async for attempt in retrying(self._retry.http_attempts, self._retry.http_backoff_s, self._retry.http_max_wait_s):
             with attempt:
-                return await send(
-                    self._session, self.service, built["method"], built["url"], timeout_s=self._timeout_s,
-                    auth_markers=self.spec.auth_error_markers, not_found_markers=self.spec.not_found_markers,
-                    headers=built["headers"], params=built.get("params"), json=built.get("json"),
-                )
+                # A Retry-After any job got from this CRM holds back every call to it.
+                await self.gate.enter(self._retry.http_max_wait_s)
+                try:
+                    return await send(
+                        self._session, self.service, built["method"], built["url"], timeout_s=self._timeout_s,
+                        auth_markers=self.spec.auth_error_markers, not_found_markers=self.spec.not_found_markers,
+                        headers=built["headers"], params=built.get("params"), json=built.get("json"),
+                    )
+                except RateLimited as exc:
+                    self.gate.shut(exc)
+                    raise
 
     async def fetch_contact(self, contact_id: str | None, email: str | None) -> dict[str, Any] | None:
         """The contact record from the CRM, or None when the CRM has no such contact."""

@@ -28,7 +28,8 @@ class Job:
     latest_payload: dict[str, Any] | None = None
     # The instance that claimed this run and the attempt it is: together they fence its writes.
     owner: str = ""
-    created_at: float = 0.0
+    # Since when the job has been tried (arrival or requeue): the retry budget is counted from here.
+    budget_from: float = 0.0
 
     @property
     def newest_payload(self) -> dict[str, Any]:
@@ -76,9 +77,9 @@ def enqueue(
         (contact_key,),
     ).fetchone()
     cur = conn.execute(
-        "INSERT INTO jobs (connection, action, contact_key, payload, run_at, head, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (connection, action, contact_key, payload, now, 0 if busy else 1, now, now),
+        "INSERT INTO jobs (connection, action, contact_key, payload, run_at, head, budget_from, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (connection, action, contact_key, payload, now, 0 if busy else 1, now, now, now),
     )
     job_id = cur.lastrowid
     conn.execute(
@@ -169,7 +170,8 @@ def _row_job(row: sqlite3.Row, merged: list[tuple[int, str, str]], owner: str) -
         id=row["id"], connection=row["connection"], action=row["action"], contact_key=row["contact_key"],
         payload=json.loads(row["payload"]), attempts=row["attempts"] + 1, stage=row["stage"], secret=row["secret"],
         merged=[m[0] for m in merged], merged_actions=[m[1] for m in merged],
-        latest_payload=json.loads(merged[-1][2]) if merged else None, owner=owner, created_at=row["created_at"],
+        latest_payload=json.loads(merged[-1][2]) if merged else None, owner=owner,
+        budget_from=row["budget_from"] if row["budget_from"] is not None else row["created_at"],
     )
 
 
@@ -350,7 +352,8 @@ def list_jobs(conn: sqlite3.Connection, status: str | None, limit: int) -> list[
 
 
 def requeue(conn: sqlite3.Connection, now: float, job_id: int) -> bool:
-    """Give a dead job a fresh start (after the operator fixed the cause). It goes back in its
+    """Give a dead job a fresh start (after the operator fixed the cause), with a fresh retry budget.
+    It goes back in its
     contact's line where its ID puts it: the head, unless a job of the contact runs right now (then
     it becomes the head when that one ends)."""
     row = conn.execute("SELECT contact_key FROM jobs WHERE id = ? AND status = 'dead'", (job_id,)).fetchone()
@@ -366,8 +369,9 @@ def requeue(conn: sqlite3.Connection, now: float, job_id: int) -> bool:
         conn.execute("UPDATE jobs SET head = 0 WHERE id = ?", (active[0],))
     head = 0 if running or (active is not None and active[0] < job_id) else 1
     conn.execute(
-        "UPDATE jobs SET status = 'queued', head = ?, attempts = 0, run_at = ?, updated_at = ? WHERE id = ?",
-        (head, now, now, job_id),
+        "UPDATE jobs SET status = 'queued', head = ?, attempts = 0, run_at = ?, budget_from = ?, updated_at = ?"
+        " WHERE id = ?",
+        (head, now, now, now, job_id),
     )
     return True
 
