@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,9 @@ def normalize_email_or_permanent(email: str) -> str:
     except BadDelivery as err:
         raise Permanent("bridge", err.message) from None
 ROLES_TTL_S = 60.0
+# Records fetched in a run whose WordPress step failed, kept for the job's next run (in memory).
+RECORDS_KEPT = 10_000
+RECORD_TTL_S = 3600.0
 
 
 @dataclass
@@ -58,6 +62,8 @@ class SyncContext:
     store: JobStore
     _roles: dict[str, str] = field(default_factory=dict)
     _roles_at: float = 0.0
+    # (job id, merged ids) → (record, fetched, when): see fetched_record.
+    _records: OrderedDict = field(default_factory=OrderedDict)
 
     async def site_roles(self) -> dict[str, str]:
         """The site's roles (slug → name), cached for a minute."""
@@ -65,6 +71,29 @@ class SyncContext:
             self._roles = await self.wordpress.roles()
             self._roles_at = time.monotonic()
         return self._roles
+
+
+    async def fetched_record(self, job: Job, crm: CrmClient, delivery: Delivery,
+                             fetch: bool) -> tuple[dict[str, Any] | None, bool]:
+        """The run's record (``_record``), reused when this job's last run fetched it and failed
+        only later (the WordPress step), for the same coalesced jobs, within RECORD_TTL_S. Kept
+        in memory only (a record may hold what the CRM treats as secret): a restart fetches again."""
+        key = (job.id, tuple(job.merged))
+        kept = self._records.pop(key, None)
+        if kept is not None and time.monotonic() - kept[2] <= RECORD_TTL_S:
+            log.info("sync.record_reused", job_id=job.id)
+            record, fetched = kept[0], kept[1]
+        else:
+            record, fetched = await _record(crm, delivery, fetch)
+        if fetched:  # until the run gets past WordPress (forget_record)
+            self._records[key] = (record, fetched, time.monotonic())
+            while len(self._records) > RECORDS_KEPT:
+                self._records.popitem(last=False)
+        return record, fetched
+
+    def forget_record(self, job: Job) -> None:
+        """The run got past the WordPress step: its record is not needed again."""
+        self._records.pop((job.id, tuple(job.merged)), None)
 
 
 async def _record(crm: CrmClient, delivery: Delivery, fetch: bool) -> tuple[dict[str, Any] | None, bool]:
@@ -113,11 +142,13 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
         return await _delete(ctx, conn, crm, newest)
 
     # Coalesced jobs all pull the contact's current state: one CRM fetch for the run.
-    record, fetched = await _record(crm, newest, fetch=conn.fetch_contact)
+    record, fetched = await ctx.fetched_record(job, crm, newest, conn.fetch_contact)
     wp = ctx.settings.wordpress
     roles = await ctx.site_roles()
     password = job.secret or generate_password(wp.password_length)
     plan = plan_upsert(deliveries, record, fetched, crm.spec, conn, wp, roles, password, 100 + secrets.randbelow(900))
+    if plan.outcome is not None or plan.error is not None:
+        ctx.forget_record(job)
     if plan.outcome is not None:
         log.info(f"sync.{plan.outcome}", job_id=job.id, connection=newest.connection)
         return {"outcome": plan.outcome, "action": plan.action}
@@ -136,6 +167,7 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
                         # still happens; costs a meta row, so only sent when something is written back.
                         request_id=f"{ctx.store.instance_id}-{job.id}" if plan.write_back else None)
     result = await ctx.wordpress.upsert(req)
+    ctx.forget_record(job)
     if result.outcome == "skipped_privileged":
         log.warning("sync.skipped_privileged", job_id=job.id, connection=newest.connection, user_id=result.user_id)
     outcome = {

@@ -119,6 +119,10 @@ async def test_wordpress_down_pauses_dispatch_and_no_waiting_job_spends_an_attem
     assert [j["status"] for j in done] == ["done"] * 4, done
     wp = WordPressProbe(wp_stack)
     assert [wp.user_count(e) for e in emails] == [1] * 5
+    # The job that found WordPress down had fetched its contact: its next run reused that record.
+    fetches = [sum(1 for r in fake_crm.requests_to("customerly") if r.method == "GET" and r.query.get("email") == e)
+               for e in emails[1:]]
+    assert fetches == [1] * 4, fetches
 
 
 async def test_a_retry_after_from_the_crm_holds_back_every_call_to_it(tmp_path, wp_stack, fake_crm, start_bridge):
