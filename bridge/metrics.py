@@ -18,10 +18,11 @@ class Metrics:
                            registry=self.registry)
         self.loop_healthy = Gauge("wpsb_loop_healthy", "1 when the background loop's last round went through",
                                   ["loop"], registry=self.registry)
-        self.claim_failures = Counter("wpsb_queue_claim_failures", "Claims of due jobs that failed (database errors)",
-                                      registry=self.registry)
+        self.claim_failures = Counter("wpsb_queue_claim_failures",
+                                      "Claims of due jobs that failed (database errors)", registry=self.registry)
         self.finish_failures = Counter("wpsb_queue_finish_failures",
-                                       "Writes of a job's result that failed and were retried", registry=self.registry)
+                                       "Writes of a job's result that failed and were retried",
+                                       registry=self.registry)
 
     def delivery(self, connection: str | None, result: str) -> None:
         key = (connection or "-", result)

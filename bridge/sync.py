@@ -193,7 +193,8 @@ async def _write_back(ctx: SyncContext, job: Job, crm: CrmClient, delivery: Deli
     """Write the generated password (and return fields) to the CRM; retried, never logged."""
     conn = ctx.settings.connections[delivery.connection]
     outcome = dict(stage["outcome"])
-    if password is None and conn.return_password_field and conn.return_password_field in stage.get("fields", ()):
+    wanted = conn.return_password_field
+    if password is None and wanted and wanted in stage.get("fields", ()):
         password, why_not = await _renew_password(ctx, job, crm, delivery, stage)
         if password is None:
             return {**outcome, "written_back": [], "password_not_written": why_not}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from functools import partial
 from typing import Any, Awaitable, Callable
 
 import structlog
@@ -174,8 +175,8 @@ class Worker:
             self._wake.set()
             return
         except TimeoutError as exc:
-            error = exc if not deadline.expired() else \
-                Transient("bridge", f"the run took longer than worker.job_timeout_s ({self.cfg.job_timeout_s:g} s)")
+            limit = f"the run took longer than worker.job_timeout_s ({self.cfg.job_timeout_s:g} s)"
+            error = Transient("bridge", limit) if deadline.expired() else exc
         except Exception as exc:  # every failure is recorded on the job, none kills the worker
             error = exc
         # The remote work is over: free the slot before recording the result, so the next claim
@@ -241,8 +242,8 @@ class Worker:
             delay_s = backoff_s(job.attempts, self.cfg.retry_base_s, self.cfg.retry_max_s)
             if isinstance(exc, RateLimited) and exc.retry_after_s:
                 delay_s = max(delay_s, exc.retry_after_s)
-            run_at = self.store.clock() + delay_s
-            if await self._record(job, bound, "retry_later", lambda: self.store.retry_later(job, run_at, error)):
+            retry = partial(self.store.retry_later, job, self.store.clock() + delay_s, error)
+            if await self._record(job, bound, "retry_later", retry):
                 self.metrics.job_retry(job.connection)
                 bound.warning("job.retry_scheduled", error=error, delay_s=round(delay_s, 1))
         else:

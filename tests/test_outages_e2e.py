@@ -7,79 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from urllib.parse import urlsplit
 
 import pytest
 
-from bridge.errors import RateLimited
 from bridge.clients.gate import RateGate
+from bridge.errors import RateLimited
 from tests.conftest import bridge_config, customerly_delivery, unique_email
+from tests.fakes.tcp import Switch
 from tests.wp import WordPressProbe
 
 pytestmark = pytest.mark.wordpress
 
 
-class Switch:
-    """A TCP proxy in front of WordPress that the test takes down (every connection, open or new,
-    is cut at once) and brings back; it counts the connections tried while down."""
-
-    def __init__(self, target_url: str) -> None:
-        parts = urlsplit(target_url)
-        self.host, self.port_to = parts.hostname, parts.port or 80
-        self.path = parts.path
-        self.up = True
-        self.tried_while_down = 0
-        self._open: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}{self.path}"
-
-    def down(self) -> None:
-        self.up = False
-        for writer in list(self._open):
-            writer.close()
-
-    def back(self) -> None:
-        self.up = True
-
-    async def stop(self) -> None:
-        self.down()
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.up:
-            self.tried_while_down += 1
-            writer.close()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(self.host, self.port_to)
-        except OSError:
-            writer.close()
-            return
-        self._open.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.close()
-                self._open.discard(dst)
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-
 @pytest.fixture
 async def switch(wp_stack):
     s = Switch(wp_stack["WPSB_WP_URL"])
-    s.url = await s.start()
+    await s.start()
     yield s
     await s.stop()
 

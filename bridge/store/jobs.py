@@ -197,7 +197,8 @@ class JobStore:
         expired = watch.expired(await self.reader.run(q.running_leases, self.owner))
         done = [lease for lease in expired if await self._writer.run(q.expire_lease, self.clock(), lease)]
         if done:
-            log.warning("queue.leases_expired", jobs=[lease[0] for lease in done], owners=sorted({le[1] for le in done}))
+            log.warning("queue.leases_expired", jobs=[lease[0] for lease in done],
+                        owners=sorted({lease[1] for lease in done}))
         return done
 
     async def next_run_at(self) -> float | None:

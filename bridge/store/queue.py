@@ -77,8 +77,8 @@ def enqueue(
         (contact_key,),
     ).fetchone()
     cur = conn.execute(
-        "INSERT INTO jobs (connection, action, contact_key, payload, run_at, head, budget_from, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO jobs (connection, action, contact_key, payload, run_at, head, budget_from, created_at,"
+        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (connection, action, contact_key, payload, now, 0 if busy else 1, now, now, now),
     )
     job_id = cur.lastrowid
@@ -158,8 +158,8 @@ def expire_lease(conn: sqlite3.Connection, now: float, lease: tuple[int, str, in
     )
     if cur.rowcount:
         conn.execute(
-            "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, merged_into = NULL, updated_at = ?"
-            " WHERE merged_into = ? AND status = 'running'",
+            "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, merged_into = NULL,"
+            " updated_at = ? WHERE merged_into = ? AND status = 'running'",
             (now, job_id),
         )
     return cur.rowcount == 1
@@ -223,7 +223,8 @@ def claim(conn: sqlite3.Connection, now: float, owner: str, limit: int, lease_s:
 def renew(conn: sqlite3.Connection, now: float, owner: str, job_ids: list[int], lease_s: float) -> None:
     """Extend the leases of ``owner``'s running jobs and bump their heartbeat (what a peer watches)."""
     conn.executemany(
-        "UPDATE jobs SET lease_until = ?, heartbeat = heartbeat + 1 WHERE id = ? AND owner = ? AND status = 'running'",
+        "UPDATE jobs SET lease_until = ?, heartbeat = heartbeat + 1"
+        " WHERE id = ? AND owner = ? AND status = 'running'",
         [(now + lease_s, i, owner) for i in job_ids],
     )
 
@@ -278,8 +279,8 @@ def bury(conn: sqlite3.Connection, now: float, job: Job, error: str) -> bool:
     """Move a job to the dead-letter state with the reason; erase any secret; the contact's next job
     becomes its head. Fenced (see ``save_stage``): False when fenced out."""
     cur = conn.execute(
-        "UPDATE jobs SET status = 'dead', head = 0, owner = NULL, last_error = ?, secret = NULL, lease_until = NULL,"
-        " updated_at = ?" + _FENCE,
+        "UPDATE jobs SET status = 'dead', head = 0, owner = NULL, last_error = ?, secret = NULL,"
+        " lease_until = NULL, updated_at = ?" + _FENCE,
         (error, now, job.id, job.owner, job.attempts),
     )
     if cur.rowcount != 1:
@@ -292,8 +293,8 @@ def bury(conn: sqlite3.Connection, now: float, job: Job, error: str) -> bool:
 def _release_merged(conn: sqlite3.Connection, now: float, job: Job) -> None:
     if job.merged:
         conn.executemany(
-            "UPDATE jobs SET status = 'queued', owner = NULL, merged_into = NULL, lease_until = NULL, updated_at = ?"
-            " WHERE id = ? AND merged_into = ? AND status = 'running'",
+            "UPDATE jobs SET status = 'queued', owner = NULL, merged_into = NULL, lease_until = NULL,"
+            " updated_at = ? WHERE id = ? AND merged_into = ? AND status = 'running'",
             [(now, mid, job.id) for mid in job.merged],
         )
 
