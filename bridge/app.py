@@ -25,10 +25,11 @@ from bridge.logs import Redactor, set_level
 from bridge.metrics import Metrics
 from bridge.reload import apply_reloadable
 from bridge.settings import Settings, load_settings
+from bridge.store import queue as q
 from bridge.store.jobs import JobStore
 from bridge.sync import SyncContext
 from bridge.systemd import Notifier
-from bridge.tasks import TaskGroup
+from bridge.tasks import LoopHealth, TaskGroup, guarded
 from bridge.web.intake import Intake
 from bridge.web.edge import make_runner
 from bridge.web.server import make_app, make_metrics_app
@@ -38,6 +39,9 @@ log = structlog.get_logger("bridge.app")
 WP_CHECK_INTERVAL_S = 30.0
 STATUS_INTERVAL_S = 5.0
 CRM_CHECK_INTERVAL_S = 60.0
+# /metrics, /readyz and STATUS= count the queue at most this often (a count reads an index: not
+# free at 100k jobs).
+COUNTS_MAX_AGE_S = 5.0
 
 
 def secrets_of(settings: Settings) -> list[str]:
@@ -72,6 +76,10 @@ class Bridge:
         self._retired: list = []  # WordPress clients replaced by a reload, closed at stop
         self._reload_lock = asyncio.Lock()
         self._crm_state: dict[str, tuple[bool, float]] = {}  # connection → (up, when last heard of)
+        self._stopping = asyncio.Event()
+        self.health = LoopHealth()
+        self._oldest: float | None = None
+        self._oldest_at = float("-inf")
 
     async def start(self) -> None:
         """Open the database, the HTTP sessions, start workers and the web server."""
@@ -88,9 +96,10 @@ class Bridge:
         crms = {name: CrmClient(name, conn, *self._crm_args, observer=self._crm_seen)
                 for name, conn in s.connections.items()}
         ctx = SyncContext(s, self._wordpress, crms, self.store)
-        self.worker = Worker(ctx, self.store, self.metrics)
+        self.worker = Worker(ctx, self.store, self.metrics, self.health)
         await self.worker.start()
-        self._background.spawn(self._watch_wordpress(), "wordpress.check")
+        self._background.spawn(guarded("wordpress_check", self._check_wordpress, self.health, self._stopping,
+                                       max_s=s.worker.loop_backoff_max_s), "wordpress.check")
         if any(c.probe is not None for c in (crm.spec for crm in crms.values())):
             self._background.spawn(self._watch_crms(crms), "crm.check")
         self._intake = intake = Intake(s, self.store, self.metrics, self.worker.notify)
@@ -121,6 +130,7 @@ class Bridge:
             await self.metrics_runner.cleanup()
         if self.worker is not None:
             await self.worker.stop(self.settings.worker.shutdown_grace_s)
+        self._stopping.set()
         await self._background.cancel()
         for client in [*self._retired, self._wordpress]:
             if client is not None:
@@ -200,7 +210,7 @@ class Bridge:
         where = f"serving on {self.settings.server.host}:{self.port}"
         try:
             async with asyncio.timeout(STATUS_INTERVAL_S):
-                counts = await self.store.counts()
+                counts = await self.store.cached_counts(COUNTS_MAX_AGE_S)
         except Exception as exc:  # the status line says so; the loop goes on
             return f"{where}, queue unreadable: {type(exc).__name__}"
         status = f"{where}, {counts['queued']} queued, {counts['running']} running, {counts['dead']} dead"
@@ -224,22 +234,23 @@ class Bridge:
                 last_status, last_status_at = status, time.monotonic()
             await asyncio.sleep(interval_s)
 
-    async def _watch_wordpress(self) -> None:
-        while True:
-            try:
-                status = await self._wordpress.status()
-                api = int(status.get("api_version", 0))
-                if api != API_VERSION:
-                    self._wp_ok, self._wp_error = False, f"plugin api_version {api}, bridge needs {API_VERSION}"
-                else:
-                    if self._wp_ok is not True:
-                        log.info("wordpress.reachable", plugin=status.get("plugin_version"), wordpress=status.get("wordpress_version"))
-                    self._wp_ok, self._wp_error = True, None
-            except Exception as exc:  # readiness reports it; the queue keeps jobs meanwhile
-                if self._wp_ok is not False:
-                    log.warning("wordpress.unreachable", error=str(exc))
-                self._wp_ok, self._wp_error = False, str(exc)
-            await asyncio.sleep(WP_CHECK_INTERVAL_S)
+    async def _check_wordpress(self) -> None:
+        """One round of the WordPress watch (runs behind ``guarded``): status, then the pause."""
+        try:
+            status = await self._wordpress.status()
+            api = int(status.get("api_version", 0))
+            if api != API_VERSION:
+                self._wp_ok, self._wp_error = False, f"plugin api_version {api}, bridge needs {API_VERSION}"
+            else:
+                if self._wp_ok is not True:
+                    log.info("wordpress.reachable", plugin=status.get("plugin_version"),
+                             wordpress=status.get("wordpress_version"))
+                self._wp_ok, self._wp_error = True, None
+        except Exception as exc:  # readiness reports it; the queue keeps jobs meanwhile
+            if self._wp_ok is not False:
+                log.warning("wordpress.unreachable", error=str(exc))
+            self._wp_ok, self._wp_error = False, str(exc)
+        await asyncio.sleep(WP_CHECK_INTERVAL_S)
 
     async def _start_metrics(self, token: str | None) -> None:
         """``/metrics`` on ``server.metrics_host:metrics_port`` (default host: ``server.host``)."""
@@ -280,18 +291,27 @@ class Bridge:
                     log.warning("crm.probe_failed", connection=name, error=str(exc))
 
     async def _ready(self) -> tuple[bool, dict]:
-        detail: dict = {"wordpress": self._wp_ok, "database": False}
+        """Ready: WordPress answered at the last check, the database reads, and every background
+        loop's last round (claims, result writes, maintenance, the WordPress watch) went through.
+        Reads use the store's read-only connection: a scrape never waits behind group commits."""
+        detail: dict = {"wordpress": self._wp_ok, "database": False, "loops": dict(self.health.healthy)}
         if self._wp_error:
             detail["wordpress_error"] = self._wp_error
+        if self.health.errors:
+            detail["loop_errors"] = dict(self.health.errors)
         try:
-            await self.store.counts()
+            await self.store.read(q.ping)
             detail["database"] = True
         except Exception as exc:
             detail["database_error"] = str(exc)
-        return bool(detail["database"] and self._wp_ok), detail
+        return bool(detail["database"] and self._wp_ok and self.health.all_ok), detail
 
     async def _metrics_body(self) -> bytes:
         from bridge.store.operator import oldest_queued_at
 
         self.metrics.set_wordpress_up(self._wp_ok)
-        return self.metrics.render(await self.store.counts(), await self.store.call(oldest_queued_at))
+        if time.monotonic() - self._oldest_at > COUNTS_MAX_AGE_S:
+            # The reader connection: a scrape never waits behind group commits, and at most once per
+            # COUNTS_MAX_AGE_S.
+            self._oldest, self._oldest_at = await self.store.read(oldest_queued_at), time.monotonic()
+        return self.metrics.render(await self.store.cached_counts(COUNTS_MAX_AGE_S), self._oldest, self.health.healthy)

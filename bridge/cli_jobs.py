@@ -2,7 +2,7 @@
 
 Listing commands open the database read-only. Bulk commands act one job per short transaction
 (a running daemon keeps taking deliveries meanwhile), show a progress bar on a terminal and end
-with a summary; a requeued job keeps its failure history (``job_history``, migration 0004).
+with a summary; a requeued job keeps its failure history (``job_history``, migration 0005).
 """
 
 from __future__ import annotations

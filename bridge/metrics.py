@@ -31,7 +31,15 @@ class Metrics:
                                           "Connections the server closed early, by reason", ["reason"],
                                           registry=self.registry)
         self._delivery_children: dict[tuple[str, str], object] = {}
-        self.queue = Gauge("wpsb_jobs_in_state", "Jobs per state at the last scrape", ["state"], registry=self.registry)
+        self.queue = Gauge("wpsb_jobs_in_state", "Jobs per state (counted at most every few seconds)", ["state"],
+                           registry=self.registry)
+        self.loop_healthy = Gauge("wpsb_loop_healthy", "1 when the background loop's last round went through",
+                                  ["loop"], registry=self.registry)
+        self.claim_failures = Counter("wpsb_queue_claim_failures",
+                                      "Claims of due jobs that failed (database errors)", registry=self.registry)
+        self.finish_failures = Counter("wpsb_queue_finish_failures",
+                                       "Writes of a job's result that failed and were retried",
+                                       registry=self.registry)
         self._operational()
 
     def _operational(self) -> None:
@@ -81,10 +89,19 @@ class Metrics:
         """The server closed a connection early (``headers_timeout``, ``evicted``, ``refused``)."""
         self.connections_closed.labels(reason).inc()
 
-    def render(self, counts: dict[str, int], oldest_queued_at: float | None = None) -> bytes:
-        """The text exposition, with the queue gauges refreshed from ``counts`` and the oldest
-        queued job's creation time (None: nothing waits)."""
+    def claim_failed(self) -> None:
+        self.claim_failures.inc()
+
+    def finish_failed(self) -> None:
+        self.finish_failures.inc()
+
+    def render(self, counts: dict[str, int], oldest_queued_at: float | None = None,
+               loops: dict[str, bool] | None = None) -> bytes:
+        """The text exposition, with the queue gauges refreshed from ``counts``, the oldest queued
+        job's creation time (None: nothing waits) and the loops' health."""
         for state, n in counts.items():
             self.queue.labels(state).set(n)
         self.oldest_wait.set(max(0.0, time.time() - oldest_queued_at) if oldest_queued_at is not None else 0.0)
+        for loop, healthy in (loops or {}).items():
+            self.loop_healthy.labels(loop).set(1 if healthy else 0)
         return generate_latest(self.registry)

@@ -142,8 +142,17 @@ class DatabaseSettings(_Section):
 
 class WorkerSettings(_Section):
     concurrency: int = Field(4, ge=1, le=256)
-    max_attempts: int = Field(10, ge=1)
+    # A failing job is retried until it is this old (counted from its arrival or requeue): 3 days,
+    # as Standard Webhooks senders keep trying. max_attempts, when set, also caps the runs.
+    retry_budget_s: float = Field(3 * 24 * 3600, gt=0)
+    max_attempts: int | None = Field(None, ge=1)
     lease_s: float = Field(120, gt=0)
+    # A run's deadline (monotonic): past it the run is cancelled and the job retried.
+    job_timeout_s: float = Field(300, gt=0)
+    # The longest pause of a background loop (or a result write) after repeated errors.
+    loop_backoff_max_s: float = Field(30, gt=0)
+    # WordPress unreachable: dispatch pauses and probes it, 1 s doubling to this.
+    outage_probe_max_s: float = Field(60, gt=0)
     poll_interval_s: float = Field(1.0, gt=0)
     retry_base_s: float = Field(5, gt=0)
     retry_max_s: float = Field(6 * 3600, gt=0)

@@ -5,6 +5,12 @@ repeated run sends the same one) and the upsert carries the job's ``request_id``
 reports a user this job created as created, even on a repeat). After the upsert the job records
 the stage ``write_back``; a repeated run then only retries the write-back. The password is erased
 from the database when the job finishes or dies.
+
+Write-back is therefore at-least-once, with the same value for as long as the job lives (its
+retries). A dead job keeps no plaintext password: when the operator requeues it, the write-back
+sets a fresh password on the user this job created (upsert with ``set_password``), keeps it in the
+job, and writes that one back; the outcome says ``password_renewed``, or ``password_not_written``
+with the reason when the user is no longer found under that email.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +47,9 @@ def normalize_email_or_permanent(email: str) -> str:
     except BadDelivery as err:
         raise Permanent("bridge", err.message) from None
 ROLES_TTL_S = 60.0
+# Records fetched in a run whose WordPress step failed, kept for the job's next run (in memory).
+RECORDS_KEPT = 10_000
+RECORD_TTL_S = 3600.0
 
 
 @dataclass
@@ -52,6 +62,8 @@ class SyncContext:
     store: JobStore
     _roles: dict[str, str] = field(default_factory=dict)
     _roles_at: float = 0.0
+    # (job id, merged ids) → (record, fetched, when): see fetched_record.
+    _records: OrderedDict = field(default_factory=OrderedDict)
 
     async def site_roles(self) -> dict[str, str]:
         """The site's roles (slug → name), cached for a minute."""
@@ -59,6 +71,29 @@ class SyncContext:
             self._roles = await self.wordpress.roles()
             self._roles_at = time.monotonic()
         return self._roles
+
+
+    async def fetched_record(self, job: Job, crm: CrmClient, delivery: Delivery,
+                             fetch: bool) -> tuple[dict[str, Any] | None, bool]:
+        """The run's record (``_record``), reused when this job's last run fetched it and failed
+        only later (the WordPress step), for the same coalesced jobs, within RECORD_TTL_S. Kept
+        in memory only (a record may hold what the CRM treats as secret): a restart fetches again."""
+        key = (job.id, tuple(job.merged))
+        kept = self._records.pop(key, None)
+        if kept is not None and time.monotonic() - kept[2] <= RECORD_TTL_S:
+            log.info("sync.record_reused", job_id=job.id)
+            record, fetched = kept[0], kept[1]
+        else:
+            record, fetched = await _record(crm, delivery, fetch)
+        if fetched:  # until the run gets past WordPress (forget_record)
+            self._records[key] = (record, fetched, time.monotonic())
+            while len(self._records) > RECORDS_KEPT:
+                self._records.popitem(last=False)
+        return record, fetched
+
+    def forget_record(self, job: Job) -> None:
+        """The run got past the WordPress step: its record is not needed again."""
+        self._records.pop((job.id, tuple(job.merged)), None)
 
 
 async def _record(crm: CrmClient, delivery: Delivery, fetch: bool) -> tuple[dict[str, Any] | None, bool]:
@@ -107,11 +142,13 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
         return await _delete(ctx, conn, crm, newest)
 
     # Coalesced jobs all pull the contact's current state: one CRM fetch for the run.
-    record, fetched = await _record(crm, newest, fetch=conn.fetch_contact)
+    record, fetched = await ctx.fetched_record(job, crm, newest, conn.fetch_contact)
     wp = ctx.settings.wordpress
     roles = await ctx.site_roles()
     password = job.secret or generate_password(wp.password_length)
     plan = plan_upsert(deliveries, record, fetched, crm.spec, conn, wp, roles, password, 100 + secrets.randbelow(900))
+    if plan.outcome is not None or plan.error is not None:
+        ctx.forget_record(job)
     if plan.outcome is not None:
         log.info(f"sync.{plan.outcome}", job_id=job.id, connection=newest.connection)
         return {"outcome": plan.outcome, "action": plan.action}
@@ -123,13 +160,14 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
     if plan.keep_password and job.secret is None:
         # Kept before the upsert only when it must reach the CRM: a repeated run then sends the
         # same password and the write-back can still happen. Otherwise it is never stored.
-        await ctx.store.save_stage(job.id, None, password)
+        await ctx.store.save_stage(job, None, password)
         job.secret = password
     req = UpsertRequest(**plan.upsert, notify_email_change=wp.email_change_notice,
                         # Lets a repeated run learn that this job created the user, so the write-back
                         # still happens; costs a meta row, so only sent when something is written back.
                         request_id=f"{ctx.store.instance_id}-{job.id}" if plan.write_back else None)
     result = await ctx.wordpress.upsert(req)
+    ctx.forget_record(job)
     if result.outcome == "skipped_privileged":
         log.warning("sync.skipped_privileged", job_id=job.id, connection=newest.connection, user_id=result.user_id)
     outcome = {
@@ -143,8 +181,9 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
     sent_password = password if plan.password_generated else None
     attributes = _write_back_fields(conn, sent_password, result) if result.created else {}
     if attributes:
-        stage = {"step": "write_back", "outcome": outcome, "fields": sorted(attributes)}
-        await ctx.store.save_stage(job.id, json.dumps(stage), sent_password)
+        stage = {"step": "write_back", "outcome": outcome, "fields": sorted(attributes),
+                 "email": plan.upsert["email"]}
+        await ctx.store.save_stage(job, json.dumps(stage), sent_password)
         return await _write_back(ctx, job, crm, newest, stage, sent_password)
     return outcome
 
@@ -154,12 +193,39 @@ async def _write_back(ctx: SyncContext, job: Job, crm: CrmClient, delivery: Deli
     """Write the generated password (and return fields) to the CRM; retried, never logged."""
     conn = ctx.settings.connections[delivery.connection]
     outcome = dict(stage["outcome"])
+    wanted = conn.return_password_field
+    if password is None and wanted and wanted in stage.get("fields", ()):
+        password, why_not = await _renew_password(ctx, job, crm, delivery, stage)
+        if password is None:
+            return {**outcome, "written_back": [], "password_not_written": why_not}
+        outcome["password_renewed"] = True
     result = UpsertResult(user_id=outcome.get("user_id"), created=True, outcome=outcome["outcome"], login=outcome.get("login"))
     attributes = _write_back_fields(conn, password, result)
     await crm.write_back(delivery.contact_id, delivery.email or None, attributes)
     log.info("sync.written_back", job_id=job.id, fields=sorted(attributes))
     outcome["written_back"] = sorted(attributes)
     return outcome
+
+
+async def _renew_password(ctx: SyncContext, job: Job, crm: CrmClient, delivery: Delivery,
+                          stage: dict[str, Any]) -> tuple[str | None, str | None]:
+    """A new password for the user this job created, when the one it made is gone (a dead job keeps
+    no plaintext password, so a requeued write-back has nothing to send): set on the user through
+    the plugin's upsert (``set_password``), kept in the job first so a repeat sends the same one.
+    Returns (password, None), or (None, why not) when the user is no longer the one this job made."""
+    wp = ctx.settings.wordpress
+    email = stage.get("email") or delivery.email
+    if not email:
+        return None, "the job does not know the email of the user it created"
+    password = generate_password(wp.password_length)
+    await ctx.store.save_stage(job, json.dumps(stage), password)
+    job.secret = password
+    result = await ctx.wordpress.upsert(UpsertRequest(email=email, password=password, set_password=True, create=False,
+                                                      default_role=wp.default_role))
+    if result.user_id is None or result.user_id != stage["outcome"].get("user_id"):
+        return None, f"the user this job created (ID {stage['outcome'].get('user_id')}) no longer has that email"
+    log.info("sync.password_renewed", job_id=job.id, user_id=result.user_id)
+    return password, None
 
 
 async def _delete(ctx: SyncContext, conn, crm: CrmClient, delivery: Delivery) -> dict[str, Any]:

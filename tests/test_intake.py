@@ -543,9 +543,16 @@ async def test_bad_signature_is_401_and_queues_nothing(served, name):
 # --- idempotency ------------------------------------------------------------------------------------
 
 
+async def hold_the_line(served, email: str) -> None:
+    """Queue a job for ``email`` first, so the next one of that contact waits (unclaimed) behind it."""
+    assert_accepted(await served.send(customerly(email, ahead=True)))
+
+
 async def test_the_same_delivery_twice_is_one_job(served):
-    """A repeated delivery answers 200 duplicate with the first job id; one job exists."""
-    body = customerly(new_email())
+    """A repeated delivery while the first job waits answers 200 duplicate with its id; one job exists."""
+    email = new_email()
+    await hold_the_line(served, email)
+    body = customerly(email)
     first = assert_accepted(await served.send(body))
     jobs = served.count("jobs")
     again = await served.send(body)
@@ -555,10 +562,24 @@ async def test_the_same_delivery_twice_is_one_job(served):
 
 async def test_a_retry_with_the_other_key_is_still_a_duplicate(served):
     """The access key is not part of the dedupe key, so a retry during a key rotation is not a new job."""
-    body = customerly(new_email())
+    email = new_email()
+    await hold_the_line(served, email)
+    body = customerly(email)
     first = assert_accepted(await served.send(body, key=KEY1))
     again = await served.send(body, key=KEY2)
     assert (again.status, again.json.get("job_id"), again.json.get("duplicate")) == (200, first, True)
+
+
+async def test_the_same_bytes_after_the_first_job_ran_are_new_work(served):
+    """Without an event ID, a repeat of a delivery whose job was already claimed is a new job."""
+    body = customerly(new_email())
+    first = assert_accepted(await served.send(body))
+    deadline = time.monotonic() + 20
+    while served.job(first)["attempts"] == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert served.job(first)["attempts"] >= 1
+    again = await served.send(body)
+    assert again.status == 202 and again.json["job_id"] != first
 
 
 async def test_same_webhook_id_with_another_body_is_a_duplicate(served):
@@ -590,7 +611,9 @@ async def test_secrets_never_reach_the_log_or_the_answers(tmp_path):
     answers: list[Answer] = []
     try:
         async with serving(tmp_path / "bridge.db", redactor) as s:
-            body = customerly(new_email())
+            email = new_email()
+            await hold_the_line(s, email)  # so that the repeat below finds its job still waiting
+            body = customerly(email)
             answers.append(await s.send(body, key=WRONG_KEY))
             answers.append(await s.send(body, key=WRONG_KEY, key_in="header"))
             answers.append(await s.send(body, key=KEY1))

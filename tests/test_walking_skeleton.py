@@ -5,9 +5,11 @@ Real WordPress (scripts/wordpress-stack), real SQLite, real aiohttp server; only
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
-from tests.conftest import bridge_config, customerly_delivery, unique_email
+from tests.conftest import ACCESS_KEY, bridge_config, customerly_delivery, unique_email
 from tests.wp import WordPressProbe
 
 pytestmark = pytest.mark.wordpress
@@ -75,13 +77,33 @@ async def test_the_same_contact_again_updates_the_same_user(bridge, wp_stack, fa
     assert len(writes) == 1
 
 
-async def test_a_repeated_identical_delivery_is_one_job(bridge):
-    """The very same delivery sent twice is answered with the first job and not queued again."""
+async def test_a_repeat_with_the_senders_event_id_is_one_job_even_after_it_ran(bridge, fake_crm):
+    """The same webhook-id within the window is answered with the first job, also once that job is done."""
     email = unique_email("dup")
+    fake_crm.add_customerly_user(email, attributes={"first_name": "Dup"})
+    headers = {"Content-Type": "application/json", "webhook-id": f"msg_{uuid.uuid4().hex}"}
+    url, params = bridge.url + "/", {"wpf_action": "add", "access_key": ACCESS_KEY}
+    async with bridge.session.post(url, params=params, json=customerly_delivery(email), headers=headers) as resp:
+        assert resp.status == 202
+        first = (await resp.json())["job_id"]
+    assert (await bridge.wait_job(first))["status"] == "done"
+    async with bridge.session.post(url, params=params, json=customerly_delivery(email), headers=headers) as resp:
+        assert (resp.status, await resp.json()) == (200, {"success": True, "job_id": first, "duplicate": True})
+
+
+async def test_the_same_bytes_after_the_job_ran_are_new_work(bridge, wp_stack, fake_crm):
+    """WP Fusion-style senders repeat URL and body for every change: once the first job ran, the
+    repeat runs too (on the same account, with no second password)."""
+    email = unique_email("again")
+    fake_crm.add_customerly_user(email, attributes={"first_name": "Again"})
     s1, a1 = await bridge.send(customerly_delivery(email), wpf_action="add")
+    assert s1 == 202 and (await bridge.wait_job(a1["job_id"]))["outcome"]["outcome"] == "created"
     s2, a2 = await bridge.send(customerly_delivery(email), wpf_action="add")
-    assert (s1, s2) == (202, 200)
-    assert a2 == {"success": True, "job_id": a1["job_id"], "duplicate": True}
+    assert s2 == 202 and a2["job_id"] != a1["job_id"]
+    job = await bridge.wait_job(a2["job_id"])
+    assert job["status"] == "done" and job["outcome"]["outcome"] in ("updated", "unchanged")
+    assert "written_back" not in job["outcome"]
+    assert WordPressProbe(wp_stack).user_count(email) == 1
 
 
 async def test_a_new_bridge_database_never_claims_an_existing_user_as_created(tmp_path, wp_stack, fake_crm, start_bridge):

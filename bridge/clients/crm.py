@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import aiohttp
 
+from bridge.clients.gate import RateGate
 from bridge.clients.http import redacting, retrying, send
 from bridge.core.connector import ConnectorSpec, RequestSpec
 from bridge.core.paths import get_path
@@ -33,6 +34,7 @@ class CrmClient:
         self.service = f"crm:{name}"
         # Told (connection, up) after each request: up unless unreachable or refusing our credentials.
         self._observer = observer
+        self.gate = RateGate(self.service)
 
     def _values(self, **values: Any) -> dict[str, Any]:
         return {**values, "secrets": self._secrets}
@@ -64,11 +66,17 @@ class CrmClient:
         try:
             async for attempt in retrying(self._retry.http_attempts, self._retry.http_backoff_s, self._retry.http_max_wait_s):
                 with attempt, redacting(redact):
-                    answer = await send(
-                        self._session, self.service, built["method"], built["url"], timeout_s=self._timeout_s,
-                        auth_markers=self.spec.auth_error_markers, not_found_markers=self.spec.not_found_markers,
-                        headers=built["headers"], params=built.get("params"), json=built.get("json"),
-                    )
+                    # A Retry-After any job got from this CRM holds back every call to it.
+                    await self.gate.enter(self._retry.http_max_wait_s)
+                    try:
+                        answer = await send(
+                            self._session, self.service, built["method"], built["url"], timeout_s=self._timeout_s,
+                            auth_markers=self.spec.auth_error_markers, not_found_markers=self.spec.not_found_markers,
+                            headers=built["headers"], params=built.get("params"), json=built.get("json"),
+                        )
+                    except RateLimited as exc:
+                        self.gate.shut(exc)
+                        raise
         except RemoteError as exc:
             if self._observer is not None:
                 down = isinstance(exc, (Transient, AuthFailed)) and not isinstance(exc, RateLimited)

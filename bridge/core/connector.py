@@ -88,6 +88,10 @@ class ConnectorSpec(BaseModel):
     # Answer bodies that mean "bad credentials" or "no such contact" whatever the status says
     # (Customerly answers a bad token with HTTP 500 "Access token not found.").
     auth_error_markers: list[str] = Field(default_factory=list)
+    # Where the sender puts its own ID of an event, if anywhere but the webhook-id header: a repeat
+    # with the same ID is a duplicate within the dedupe window (server.dedupe_window_s).
+    event_id_header: str | None = None
+    event_id_path: str | None = None
     not_found_markers: list[str] = Field(default_factory=list)
 
     @field_validator("contact_id_paths", "email_paths")
@@ -97,7 +101,7 @@ class ConnectorSpec(BaseModel):
             split_path(p)
         return value
 
-    @field_validator("record_path", "operation_path", "redacted_path", "tags_path")
+    @field_validator("record_path", "operation_path", "redacted_path", "tags_path", "event_id_path")
     @classmethod
     def _path(cls, value: str | None) -> str | None:
         return _check_path(value)

@@ -284,8 +284,22 @@ def parse_delivery(
     return Delivery(connection, action, contact_id, email, role, notify, data, operation, text)
 
 
+def event_id(spec: ConnectorSpec, headers: Mapping[str, str], body: Any) -> str | None:
+    """The sender's own ID of this event, when it sends one: the ``webhook-id`` header (Standard
+    Webhooks), else the header or body path the connector names (``event_id_header``,
+    ``event_id_path``). None means the delivery is known by its bytes only (see ``dedupe_key``)."""
+    value = headers.get("webhook-id") or (headers.get(spec.event_id_header) if spec.event_id_header else None)
+    if not value and spec.event_id_path and isinstance(body, dict):
+        found = get_path(body, spec.event_id_path)
+        if isinstance(found, (str, int)) and not isinstance(found, bool) and found != "":
+            value = str(found)
+    return value or None
+
+
 def dedupe_key(connection: str, query: Mapping[str, str], body: bytes, webhook_id: str | None) -> str:
-    """The idempotency key: the sender's ``webhook-id`` when given, else a hash of what was sent.
+    """The idempotency key: the sender's event ID when given (``event_id``), else a hash of what was
+    sent. The queue treats the two differently: an event ID is a duplicate within the window, a
+    hash only while the first job still waits (``bridge.store.queue.enqueue``).
 
     Credentials are left out so that rotating the access key does not defeat de-duplication.
     """

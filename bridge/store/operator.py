@@ -165,7 +165,7 @@ def job_ids(conn: sqlite3.Connection, *, status: str, connection: str | None, si
 
 
 def history(conn: sqlite3.Connection, job_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    """The recorded failures and requeues of each job, oldest first (empty before migration 0004)."""
+    """The recorded failures and requeues of each job, oldest first (empty before migration 0005)."""
     if not job_ids or not _has_table(conn, "job_history"):
         return {}
     out: dict[int, list[dict[str, Any]]] = {}

@@ -26,6 +26,10 @@ class Job:
     merged: list[int]
     merged_actions: list[str]
     latest_payload: dict[str, Any] | None = None
+    # The instance that claimed this run and the attempt it is: together they fence its writes.
+    owner: str = ""
+    # Since when the job has been tried (arrival or requeue): the retry budget is counted from here.
+    budget_from: float = 0.0
 
     @property
     def newest_payload(self) -> dict[str, Any]:
@@ -49,15 +53,33 @@ def enqueue(
     action: str,
     contact_key: str,
     payload: str,
+    waiting_only: bool = False,
 ) -> tuple[int, bool]:
-    """Insert a job unless the same delivery was seen within the window: (job_id, duplicate)."""
-    row = conn.execute("SELECT job_id, received_at FROM deliveries WHERE dedupe_key = ?", (dedupe_key,)).fetchone()
+    """Insert a job unless it repeats a delivery already taken: (job_id, duplicate).
+
+    A repeat is a delivery with the same ``dedupe_key`` within ``window_s``. With ``waiting_only``
+    (the key is a hash of what was sent, not a sender's event ID) it is a duplicate only while the
+    first job still waits (queued, never claimed); once that job has run, the same bytes are new
+    work: WP Fusion-style senders send the same URL and body for every change of a contact.
+    """
+    row = conn.execute(
+        "SELECT d.job_id, d.received_at, j.status, j.attempts FROM deliveries AS d"
+        " LEFT JOIN jobs AS j ON j.id = d.job_id WHERE d.dedupe_key = ?",
+        (dedupe_key,),
+    ).fetchone()
     if row is not None and row[1] >= now - window_s:
-        return row[0], True
+        if not waiting_only or (row[2] == "queued" and row[3] == 0):
+            return row[0], True
+    # The first active job of its contact is the contact's head: the one that may run next.
+    busy = conn.execute(
+        "SELECT 1 FROM jobs INDEXED BY jobs_active WHERE contact_key = ? AND status IN ('queued', 'running')"
+        " LIMIT 1",
+        (contact_key,),
+    ).fetchone()
     cur = conn.execute(
-        "INSERT INTO jobs (connection, action, contact_key, payload, run_at, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (connection, action, contact_key, payload, now, now, now),
+        "INSERT INTO jobs (connection, action, contact_key, payload, run_at, head, budget_from, created_at,"
+        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (connection, action, contact_key, payload, now, 0 if busy else 1, now, now, now),
     )
     job_id = cur.lastrowid
     conn.execute(
@@ -92,37 +114,82 @@ def keep_sample(conn: sqlite3.Connection, now: float, connection: str, body: str
     )
 
 
-def release_running(conn: sqlite3.Connection, now: float, expired_only: bool) -> int:
-    """Put running jobs back in the queue: all of them at start-up, else those whose lease expired."""
-    sql = "UPDATE jobs SET status = 'queued', lease_until = NULL, merged_into = NULL, updated_at = ? WHERE status = 'running'"
-    args: tuple = (now,)
-    if expired_only:
-        sql += " AND lease_until < ?"
-        args = (now, now)
-    return conn.execute(sql, args).rowcount
+def release_running(conn: sqlite3.Connection, now: float) -> int:
+    """Put every running job back in the queue (at start-up: the lock on the database file proves
+    that whoever ran them is gone). Heads stay heads, so each contact keeps its order."""
+    return conn.execute(
+        "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, merged_into = NULL, updated_at = ?"
+        " WHERE status = 'running'",
+        (now,),
+    ).rowcount
 
 
-def _row_job(row: sqlite3.Row, merged: list[tuple[int, str, str]]) -> Job:
+def release_orphans(conn: sqlite3.Connection, now: float, owner: str, keep: list[int]) -> int:
+    """Put back running jobs of ``owner`` that it does not run (``keep`` holds the ones it does):
+    a claim whose answer was lost with the writer process left its jobs running for nobody."""
+    rows = conn.execute("SELECT id FROM jobs WHERE status = 'running' AND owner = ?", (owner,)).fetchall()
+    kept = set(keep)
+    lost = [(now, r[0], owner) for r in rows if r[0] not in kept]
+    conn.executemany(
+        "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, merged_into = NULL, updated_at = ?"
+        " WHERE id = ? AND owner = ? AND status = 'running'",
+        lost,
+    )
+    return len(lost)
+
+
+def running_leases(conn: sqlite3.Connection, owner: str) -> list[tuple[int, str, int, int]]:
+    """Running jobs held by other instances: (id, owner, attempts, heartbeat)."""
+    return [tuple(r) for r in conn.execute(
+        "SELECT id, owner, attempts, heartbeat FROM jobs WHERE status = 'running' AND merged_into IS NULL"
+        " AND owner IS NOT ? ORDER BY id",
+        (owner,),
+    )]
+
+
+def expire_lease(conn: sqlite3.Connection, now: float, lease: tuple[int, str, int, int]) -> bool:
+    """Put back a peer's running job if its lease is still exactly the one observed (same owner,
+    attempt and heartbeat): a heartbeat that moved in the meantime keeps the job where it is."""
+    job_id, owner, attempts, heartbeat = lease
+    cur = conn.execute(
+        "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, updated_at = ?"
+        " WHERE id = ? AND owner IS ? AND attempts = ? AND heartbeat = ? AND status = 'running'",
+        (now, job_id, owner, attempts, heartbeat),
+    )
+    if cur.rowcount:
+        conn.execute(
+            "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, merged_into = NULL,"
+            " updated_at = ? WHERE merged_into = ? AND status = 'running'",
+            (now, job_id),
+        )
+    return cur.rowcount == 1
+
+
+def _row_job(row: sqlite3.Row, merged: list[tuple[int, str, str]], owner: str) -> Job:
     return Job(
         id=row["id"], connection=row["connection"], action=row["action"], contact_key=row["contact_key"],
-        payload=json.loads(row["payload"]), attempts=row["attempts"], stage=row["stage"], secret=row["secret"],
+        payload=json.loads(row["payload"]), attempts=row["attempts"] + 1, stage=row["stage"], secret=row["secret"],
         merged=[m[0] for m in merged], merged_actions=[m[1] for m in merged],
-        latest_payload=json.loads(merged[-1][2]) if merged else None,
+        latest_payload=json.loads(merged[-1][2]) if merged else None, owner=owner,
+        budget_from=row["budget_from"] if row["budget_from"] is not None else row["created_at"],
     )
 
 
-def claim(conn: sqlite3.Connection, now: float, limit: int, lease_s: float) -> list[Job]:
-    """Take up to ``limit`` runnable jobs, at most one per contact, each the oldest of its contact.
+def claim(conn: sqlite3.Connection, now: float, owner: str, limit: int, lease_s: float,
+          keep: list[int] | None = None) -> list[Job]:
+    """Take up to ``limit`` due jobs for ``owner``, at most one per contact, each its contact's head.
 
-    A job is runnable when it is queued, due, and no earlier job of its contact is queued or
-    running (per-contact order, even across retries). Waiting update/update_tags jobs right
-    behind a claimed update job are claimed with it and done by the same run (coalescing).
+    Only a contact's head (its oldest queued or running job, kept in ``jobs.head``) may run, so
+    per-contact order holds even across retries; claiming is one probe of the partial index of due
+    heads, whatever the length of the queue. Waiting update/update_tags jobs right behind a claimed
+    update job are claimed with it and done by the same run (coalescing). ``keep``, when given, are
+    the jobs the owner runs: any other running job of it is put back first (``release_orphans``).
     """
+    if keep is not None:
+        release_orphans(conn, now, owner, keep)
     rows = conn.execute(
-        "SELECT * FROM jobs AS j WHERE j.status = 'queued' AND j.run_at <= ?"
-        " AND NOT EXISTS (SELECT 1 FROM jobs AS e WHERE e.contact_key = j.contact_key"
-        "                 AND e.status IN ('queued', 'running') AND e.id < j.id)"
-        " ORDER BY j.id LIMIT ?",
+        "SELECT * FROM jobs INDEXED BY jobs_due_heads WHERE head = 1 AND status = 'queued' AND run_at <= ?"
+        " ORDER BY run_at, id LIMIT ?",
         (now, limit),
     ).fetchall()
     jobs = []
@@ -131,73 +198,102 @@ def claim(conn: sqlite3.Connection, now: float, limit: int, lease_s: float) -> l
         merged: list[tuple[int, str, str]] = []
         if row["action"] in COALESCABLE:
             for later in conn.execute(
-                "SELECT id, action, payload FROM jobs WHERE contact_key = ? AND status = 'queued' AND id > ? ORDER BY id",
+                "SELECT id, action, payload, status FROM jobs INDEXED BY jobs_active WHERE contact_key = ?"
+                " AND status IN ('queued', 'running') AND id > ? ORDER BY id",
                 (row["contact_key"], row["id"]),
             ):
-                if later["action"] not in COALESCABLE:
+                if later["action"] not in COALESCABLE or later["status"] != "queued":
                     break
                 merged.append((later["id"], later["action"], later["payload"]))
         conn.execute(
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_until = ?, updated_at = ? WHERE id = ?",
-            (lease_until, now, row["id"]),
+            "UPDATE jobs SET status = 'running', owner = ?, attempts = attempts + 1, heartbeat = 0,"
+            " lease_until = ?, updated_at = ? WHERE id = ?",
+            (owner, lease_until, now, row["id"]),
         )
         if merged:
             conn.executemany(
-                "UPDATE jobs SET status = 'running', lease_until = ?, merged_into = ?, updated_at = ? WHERE id = ?",
-                [(lease_until, row["id"], now, mid) for mid, _, _ in merged],
+                "UPDATE jobs SET status = 'running', owner = ?, lease_until = ?, merged_into = ?, updated_at = ?"
+                " WHERE id = ?",
+                [(owner, lease_until, row["id"], now, mid) for mid, _, _ in merged],
             )
-        job = _row_job(row, merged)
-        job.attempts += 1
-        jobs.append(job)
+        jobs.append(_row_job(row, merged, owner))
     return jobs
 
 
-def renew(conn: sqlite3.Connection, now: float, job_ids: list[int], lease_s: float) -> None:
-    """Extend the lease of running jobs."""
-    conn.executemany("UPDATE jobs SET lease_until = ? WHERE id = ? AND status = 'running'", [(now + lease_s, i) for i in job_ids])
-
-
-def save_stage(conn: sqlite3.Connection, now: float, job_id: int, stage: str | None, secret: str | None) -> None:
-    """Record a job's progress so a repeated run resumes after the steps already done."""
-    conn.execute("UPDATE jobs SET stage = ?, secret = ?, updated_at = ? WHERE id = ?", (stage, secret, now, job_id))
-
-
-def finish(conn: sqlite3.Connection, now: float, job: Job, outcome: dict[str, Any]) -> None:
-    """Mark a job done (and its merged jobs, recorded as coalesced into it); erase any secret."""
-    conn.execute(
-        "UPDATE jobs SET status = 'done', outcome = ?, secret = NULL, lease_until = NULL, last_error = NULL, updated_at = ? WHERE id = ?",
-        (json.dumps(outcome), now, job.id),
+def renew(conn: sqlite3.Connection, now: float, owner: str, job_ids: list[int], lease_s: float) -> None:
+    """Extend the leases of ``owner``'s running jobs and bump their heartbeat (what a peer watches)."""
+    conn.executemany(
+        "UPDATE jobs SET lease_until = ?, heartbeat = heartbeat + 1"
+        " WHERE id = ? AND owner = ? AND status = 'running'",
+        [(now + lease_s, i, owner) for i in job_ids],
     )
+
+
+_FENCE = " WHERE id = ? AND owner = ? AND attempts = ? AND status = 'running'"
+
+
+def save_stage(conn: sqlite3.Connection, now: float, job: Job, stage: str | None, secret: str | None) -> bool:
+    """Record a job's progress so a repeated run resumes after the steps already done. Fenced: only
+    the current attempt of the current owner changes the row; False when this run was fenced out."""
+    cur = conn.execute("UPDATE jobs SET stage = ?, secret = ?, updated_at = ?" + _FENCE,
+                       (stage, secret, now, job.id, job.owner, job.attempts))
+    return cur.rowcount == 1
+
+
+def finish(conn: sqlite3.Connection, now: float, job: Job, outcome: dict[str, Any]) -> bool:
+    """Mark a job done (and its merged jobs, recorded as coalesced into it); erase any secret; the
+    contact's next job becomes its head. Fenced (see ``save_stage``): False when fenced out."""
+    cur = conn.execute(
+        "UPDATE jobs SET status = 'done', head = 0, owner = NULL, outcome = ?, secret = NULL, lease_until = NULL,"
+        " last_error = NULL, updated_at = ?" + _FENCE,
+        (json.dumps(outcome), now, job.id, job.owner, job.attempts),
+    )
+    if cur.rowcount != 1:
+        return False
     if job.merged:
         merged_outcome = json.dumps({**outcome, "coalesced_into": job.id})
         conn.executemany(
-            "UPDATE jobs SET status = 'done', outcome = ?, lease_until = NULL, updated_at = ? WHERE id = ?",
-            [(merged_outcome, now, mid) for mid in job.merged],
+            "UPDATE jobs SET status = 'done', owner = NULL, outcome = ?, lease_until = NULL, updated_at = ?"
+            " WHERE id = ? AND merged_into = ? AND status = 'running'",
+            [(merged_outcome, now, mid, job.id) for mid in job.merged],
         )
+    _advance(conn, job.contact_key)
+    return True
 
 
-def retry_later(conn: sqlite3.Connection, now: float, job: Job, run_at: float, error: str) -> None:
-    """Put a job back in the queue for ``run_at``; merged jobs go back to waiting behind it."""
-    conn.execute(
-        "UPDATE jobs SET status = 'queued', run_at = ?, last_error = ?, lease_until = NULL, updated_at = ? WHERE id = ?",
-        (run_at, error, now, job.id),
+def retry_later(conn: sqlite3.Connection, now: float, job: Job, run_at: float, error: str) -> bool:
+    """Put a job back in the queue for ``run_at`` (still its contact's head); merged jobs go back
+    to waiting behind it. Fenced (see ``save_stage``): False when fenced out."""
+    cur = conn.execute(
+        "UPDATE jobs SET status = 'queued', owner = NULL, run_at = ?, last_error = ?, lease_until = NULL,"
+        " updated_at = ?" + _FENCE,
+        (run_at, error, now, job.id, job.owner, job.attempts),
     )
+    if cur.rowcount != 1:
+        return False
     _remember(conn, now, job.id, "retry", job.attempts, error)
     _release_merged(conn, now, job)
+    return True
 
 
-def bury(conn: sqlite3.Connection, now: float, job: Job, error: str) -> None:
-    """Move a job to the dead-letter state with the reason; erase any secret."""
-    conn.execute(
-        "UPDATE jobs SET status = 'dead', last_error = ?, secret = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
-        (error, now, job.id),
+def bury(conn: sqlite3.Connection, now: float, job: Job, error: str) -> bool:
+    """Move a job to the dead-letter state with the reason; erase any secret; the contact's next job
+    becomes its head. Fenced (see ``save_stage``): False when fenced out."""
+    cur = conn.execute(
+        "UPDATE jobs SET status = 'dead', head = 0, owner = NULL, last_error = ?, secret = NULL,"
+        " lease_until = NULL, updated_at = ?" + _FENCE,
+        (error, now, job.id, job.owner, job.attempts),
     )
+    if cur.rowcount != 1:
+        return False
     _remember(conn, now, job.id, "dead", job.attempts, error)
     _release_merged(conn, now, job)
+    _advance(conn, job.contact_key)
+    return True
 
 
 def _remember(conn: sqlite3.Connection, now: float, job_id: int, event: str, attempt: int, error: str | None) -> None:
-    """Append to the job's history (migration 0004), which a requeue keeps."""
+    """Append to the job's history (migration 0005), which a requeue keeps."""
     conn.execute("INSERT INTO job_history (job_id, at, event, attempt, error) VALUES (?, ?, ?, ?, ?)",
                  (job_id, now, event, attempt, error))
 
@@ -205,9 +301,19 @@ def _remember(conn: sqlite3.Connection, now: float, job_id: int, event: str, att
 def _release_merged(conn: sqlite3.Connection, now: float, job: Job) -> None:
     if job.merged:
         conn.executemany(
-            "UPDATE jobs SET status = 'queued', merged_into = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
-            [(now, mid) for mid in job.merged],
+            "UPDATE jobs SET status = 'queued', owner = NULL, merged_into = NULL, lease_until = NULL,"
+            " updated_at = ? WHERE id = ? AND merged_into = ? AND status = 'running'",
+            [(now, mid, job.id) for mid in job.merged],
         )
+
+
+def _advance(conn: sqlite3.Connection, contact_key: str) -> None:
+    """The contact's head left the active set: its oldest active job (if any) becomes the head."""
+    conn.execute(
+        "UPDATE jobs SET head = 1 WHERE id = (SELECT id FROM jobs INDEXED BY jobs_active WHERE contact_key = ?"
+        " AND status IN ('queued', 'running') ORDER BY id LIMIT 1)",
+        (contact_key,),
+    )
 
 
 def prune(conn: sqlite3.Connection, now: float, retention_s: float, dedupe_window_s: float) -> tuple[int, int]:
@@ -247,7 +353,9 @@ def counts(conn: sqlite3.Connection) -> dict[str, int]:
 
 def next_run_at(conn: sqlite3.Connection) -> float | None:
     """When the next queued job becomes due."""
-    row = conn.execute("SELECT MIN(run_at) FROM jobs WHERE status = 'queued'").fetchone()
+    row = conn.execute(
+        "SELECT MIN(run_at) FROM jobs INDEXED BY jobs_due_heads WHERE head = 1 AND status = 'queued'"
+    ).fetchone()
     return row[0]
 
 
@@ -273,11 +381,31 @@ def list_jobs(conn: sqlite3.Connection, status: str | None, limit: int) -> list[
 
 
 def requeue(conn: sqlite3.Connection, now: float, job_id: int) -> bool:
-    """Give a dead job a fresh start (after the operator fixed the cause); its history is kept."""
-    row = conn.execute("SELECT attempts FROM jobs WHERE id = ? AND status = 'dead'", (job_id,)).fetchone()
+    """Give a dead job a fresh start (after the operator fixed the cause), with a fresh retry budget;
+    its failure history is kept. It goes back in its contact's line where its ID puts it: the head,
+    unless a job of the contact runs right now (then it becomes the head when that one ends)."""
+    row = conn.execute("SELECT contact_key, attempts FROM jobs WHERE id = ? AND status = 'dead'", (job_id,)).fetchone()
     if row is None:
         return False
-    conn.execute("UPDATE jobs SET status = 'queued', attempts = 0, run_at = ?, updated_at = ? WHERE id = ?",
-                 (now, now, job_id))
-    _remember(conn, now, job_id, "requeued", row[0], None)
+    active = conn.execute(
+        "SELECT id, status FROM jobs INDEXED BY jobs_active WHERE contact_key = ?"
+        " AND status IN ('queued', 'running') AND head = 1",
+        (row[0],),
+    ).fetchone()
+    running = active is not None and active[1] == "running"
+    if active is not None and not running and active[0] > job_id:
+        conn.execute("UPDATE jobs SET head = 0 WHERE id = ?", (active[0],))
+    head = 0 if running or (active is not None and active[0] < job_id) else 1
+    conn.execute(
+        "UPDATE jobs SET status = 'queued', head = ?, attempts = 0, run_at = ?, budget_from = ?, updated_at = ?"
+        " WHERE id = ?",
+        (head, now, now, now, job_id),
+    )
+    _remember(conn, now, job_id, "requeued", row[1], None)
+    return True
+
+
+def ping(conn: sqlite3.Connection) -> bool:
+    """A read that touches the file (readiness): raises when the database cannot be read."""
+    conn.execute("SELECT version FROM schema_version LIMIT 1").fetchone()
     return True

@@ -151,7 +151,11 @@ def _portable(results: list[tuple[int, bool, Any]]) -> list[tuple[int, bool, Any
 
 
 def _child_log(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, "level": "error", "logger": "bridge.store.writer", **fields}), file=sys.stderr, flush=True)
+    try:
+        print(json.dumps({"event": event, "level": "error", "logger": "bridge.store.writer", **fields}),
+              file=sys.stderr, flush=True)
+    except OSError:  # the disk that is full may be the log's too: the writer must outlive that
+        pass
 
 
 def serve(sock: socket.socket, conn: sqlite3.Connection, checkpoint_every_s: float = 1.0) -> None:

@@ -19,7 +19,7 @@ from aiohttp.http_parser import HAS_BROTLI
 from aiohttp.web_protocol import RequestPayloadError
 
 from bridge.core.auth import SIGNATURE_HEADERS, key_matches, verify_signature
-from bridge.core.delivery import dedupe_key, parse_delivery, public_query
+from bridge.core.delivery import dedupe_key, event_id, parse_delivery, public_query
 from bridge.core.discovery import mask, shape
 from bridge.errors import BadDelivery
 from bridge.metrics import Metrics
@@ -176,9 +176,12 @@ class Intake:
         if delivery.action == "test":
             self.metrics.delivery(connection, "test")
             return web.json_response({"success": True})
-        key = dedupe_key(connection, query, body, request.headers.get("webhook-id"))
+        event = event_id(self.specs[connection], request.headers, delivery.body)
+        key = dedupe_key(connection, query, body, event)
+        # Without the sender's event ID a repeat merges only into a job that still waits.
         job_id, duplicate = await self.store.enqueue(
-            key, self.settings.server.dedupe_window_s, connection, delivery.action, delivery.contact_key, delivery.payload_json()
+            key, self.settings.server.dedupe_window_s, connection, delivery.action, delivery.contact_key,
+            delivery.payload_json(), event is None,
         )
         if duplicate:
             self.metrics.delivery(connection, "duplicate")

@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -46,6 +46,7 @@ class Recorded:
     body: bytes
     json: Any | None
     status: int = 0
+    at: float = field(default_factory=time.monotonic)  # when it arrived (monotonic clock)
 
 
 @dataclass

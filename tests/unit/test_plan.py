@@ -7,7 +7,6 @@ import copy
 import json
 from pathlib import Path
 
-from bridge.core.connector import build_connector
 from bridge.core.delivery import parse_delivery
 from bridge.core.plan import effective_action, plan_upsert
 from bridge.settings import ConnectionSettings, WordPressSettings

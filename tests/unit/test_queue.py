@@ -33,10 +33,11 @@ def store(tmp_path, clock):
 _serial = iter(range(10**9))
 
 
-async def put(store, contact, action="update", key=None, window=3600):
+async def put(store, contact, action="update", key=None, window=3600, waiting_only=False):
     """Queue a job; each call is a distinct delivery unless ``key`` repeats."""
     n = next(_serial)
-    return await store.enqueue(key or f"k{n}", window, "c", action, contact, json.dumps({"contact": contact, "n": n}))
+    return await store.enqueue(key or f"k{n}", window, "c", action, contact, json.dumps({"contact": contact, "n": n}),
+                               waiting_only)
 
 
 async def test_enqueued_job_is_on_disk_when_acknowledged(store, tmp_path):
@@ -97,21 +98,20 @@ async def test_waiting_updates_are_coalesced(store):
     assert nxt.id == add
 
 
-async def test_expired_lease_runs_again(store, clock):
-    """A job whose lease expired (its process died) is queued again."""
+async def test_jobs_left_running_by_a_previous_process_run_again_at_start(store):
+    """release_running (start-up: the file lock proves their owner is gone) queues running jobs again."""
     await put(store, "a", "add")
     [job] = await store.claim(10, lease_s=60)
-    assert await store.release_running(expired_only=True) == 0
-    clock.t += 61
-    assert await store.release_running(expired_only=True) == 1
-    assert [j.id for j in await store.claim(10, 60)] == [job.id]
+    assert await store.release_running() == 1
+    [again] = await store.claim(10, 60)
+    assert again.id == job.id and again.attempts == 2
 
 
 async def test_bury_erases_the_secret(store):
     """A dead job keeps its reason and loses any stored password."""
     await put(store, "a", "add")
     [job] = await store.claim(1, 60)
-    await store.save_stage(job.id, None, "pw-Secret-123")
+    await store.save_stage(job, None, "pw-Secret-123")
     await store.bury(job, "Permanent: bad data")
     row = await store.get_job(job.id)
     assert row["status"] == "dead" and row["last_error"] == "Permanent: bad data" and row["has_secret"] is False
