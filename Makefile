@@ -7,7 +7,7 @@ STACK  := scripts/wordpress-stack
 .PHONY: help test demo venv system-deps stack-up stack-down bench lint clean wheel docs
 
 help:
-	@echo "make test   - install everything, run the whole suite on WordPress 6.1, then the end-to-end part on 6.8"
+	@echo "make test   - install everything; the whole suite on WordPress 6.1, then its end-to-end part on 6.8"
 	@echo "make demo   - local WordPress + fake CRM + the bridge; sends webhooks and shows the users made"
 	@echo "make bench  - intake and end-to-end sync benchmarks (ratios against baselines in the same run)"
 	@echo "make wheel  - build dist/wp_sync_bridge-*.whl (plugin, example config and unit included)"

@@ -35,8 +35,8 @@ def stored_hash(env: dict[str, str], user_id: int) -> str:
     """The user's password hash exactly as the users table holds it."""
     sql = f"SELECT user_pass FROM wp_users WHERE ID = {int(user_id)}"
     return subprocess.run(
-        ["mariadb", f"--socket={env['WPSB_DB_SOCKET']}", "-u", env["WPSB_DB_USER"], f"-p{env['WPSB_DB_PASSWORD']}",
-         "-N", "-B", "--raw", env["WPSB_DB_NAME"], "-e", sql],
+        ["mariadb", f"--socket={env['WPSB_DB_SOCKET']}", "-u", env["WPSB_DB_USER"],
+         f"-p{env['WPSB_DB_PASSWORD']}", "-N", "-B", "--raw", env["WPSB_DB_NAME"], "-e", sql],
         check=True, capture_output=True, text=True,
     ).stdout.strip()
 
@@ -53,8 +53,8 @@ async def test_the_stack_runs_the_line_it_was_asked_for(wp, wp_stack):
 async def test_a_password_the_plugin_sets_is_hashed_the_lines_way_and_logs_in(wp, wp_stack):
     """A created user's password is stored as this line hashes it (bcrypt on 6.8) and opens the login form."""
     email, password = unique_email("line"), "Line-pw-1234567890"
-    result = await wp.upsert(UpsertRequest(email=email, login=email, password=password,
-                                           tags_key="customerly_tags", contact_id_key="customerly_contact_id"))
+    result = await wp.upsert(UpsertRequest(email=email, login=email, password=password, tags_key="customerly_tags",
+                                           contact_id_key="customerly_contact_id"))
     assert result.created
     assert stored_hash(wp_stack, result.user_id).startswith(HASH_PREFIX[wp_stack["WPSB_WP_LINE"]])
     probe = WordPressProbe(wp_stack)
