@@ -53,8 +53,9 @@ async def test_the_stack_runs_the_line_it_was_asked_for(wp, wp_stack):
 async def test_a_password_the_plugin_sets_is_hashed_the_lines_way_and_logs_in(wp, wp_stack):
     """A created user's password is stored as this line hashes it (bcrypt on 6.8) and opens the login form."""
     email, password = unique_email("line"), "Line-pw-1234567890"
-    result = await wp.upsert(UpsertRequest(email=email, login=email, password=password, tags_key="customerly_tags",
-                                           contact_id_key="customerly_contact_id"))
+    request = UpsertRequest(email=email, login=email, password=password, tags_key="customerly_tags",
+                            contact_id_key="customerly_contact_id")
+    result = await wp.upsert(request)
     assert result.created
     assert stored_hash(wp_stack, result.user_id).startswith(HASH_PREFIX[wp_stack["WPSB_WP_LINE"]])
     probe = WordPressProbe(wp_stack)
