@@ -66,7 +66,7 @@ async def test_a_password_the_plugin_sets_is_hashed_the_lines_way_and_logs_in(wp
 
 
 def test_a_stack_keeps_its_line_and_refuses_unknown_ones(wp_stack):
-    """`up` with the other line, or a line it does not know, is refused and leaves the running stack as it is."""
+    """`up` with the other line or an unknown line is refused; the running stack stays as it is."""
     other = {"6.1": "6.8", "6.8": "6.1"}[wp_stack["WPSB_WP_LINE"]]
     stack_env = {**os.environ, "WPSB_STACK_DIR": wp_stack["WPSB_STACK_DIR"]}
     switched = subprocess.run([str(STACK), "up"], env={**stack_env, "WPSB_WP_LINE": other},
