@@ -25,12 +25,13 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # Each run starts its own stack and purges it at the end, so both take the same WPSB_STACK_DIR and
-# ports one after the other. The unit tests do not touch WordPress: they run once. WordPress 6.8 is
-# Debian 13's package, fetched with apt into .cache once (never installed).
+# ports one after the other. On 6.8 only the tests marked `wordpress` (those that need the real
+# WordPress) run again. WordPress 6.8 is Debian 13's package, fetched with apt into .cache once
+# (never installed).
 test: system-deps venv
 	WPSB_WP_LINE=6.8 $(STACK) install
 	WPSB_WP_LINE=6.1 $(PY) -m pytest -ra
-	WPSB_WP_LINE=6.8 $(PY) -m pytest -ra --ignore=tests/unit
+	WPSB_WP_LINE=6.8 $(PY) -m pytest -ra -m wordpress
 
 demo: system-deps venv
 	$(PY) scripts/demo.py
