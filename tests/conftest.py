@@ -8,7 +8,8 @@ By default the suite starts its own stack in ``.stack-test`` on other ports and 
 
 ``WPSB_WP_LINE`` chooses the WordPress: ``6.1`` (Debian 12's package, the default) or ``6.8``
 (Debian 13's, which hashes passwords with bcrypt). ``make test`` runs the whole suite on 6.1, then
-the tests marked ``wordpress`` on 6.8, each on a fresh stack.
+the tests marked ``wordpress`` on 6.8 (less the wheel, the demo and the systemd unit), each on a
+fresh stack.
 """
 
 from __future__ import annotations
