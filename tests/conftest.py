@@ -2,9 +2,14 @@
 the fake CRMs, and an in-process bridge on a real SQLite file.
 
 Quick iteration against a stack that already runs: ``scripts/wordpress-stack up`` then
-``WPSB_TEST_STACK=running make test`` (or pytest): the suite uses it and leaves it running.
+``WPSB_TEST_STACK=running .venv/bin/python -m pytest``: the suite uses it and leaves it running.
 By default the suite starts its own stack in ``.stack-test`` on other ports and purges it at the end;
 ``WPSB_STACK_DIR``, ``WPSB_DB_PORT`` and ``WPSB_WP_PORT`` choose another directory and ports.
+
+``WPSB_WP_LINE`` chooses the WordPress: ``6.1`` (Debian 12's package, the default) or ``6.8``
+(Debian 13's, which hashes passwords with bcrypt). ``make test`` runs the whole suite on 6.1, then
+the tests marked ``wordpress`` on 6.8 (less the wheel, the demo and the systemd unit), each on a
+fresh stack.
 """
 
 from __future__ import annotations
@@ -44,7 +49,12 @@ def wp_stack() -> dict[str, str]:
     """The WordPress stack's environment (URL, credentials, mail log); started here unless running."""
     if os.environ.get("WPSB_TEST_STACK") == "running":
         out = subprocess.run([str(STACK), "env"], check=True, capture_output=True, text=True)
-        yield _read_env(out.stdout)
+        running = _read_env(out.stdout)
+        wanted = os.environ.get("WPSB_WP_LINE")
+        if wanted and running.get("WPSB_WP_LINE", "6.1") != wanted:
+            raise RuntimeError(f"the running stack is WordPress {running.get('WPSB_WP_VERSION', '6.1')}, "
+                               f"but WPSB_WP_LINE={wanted} asks for another line")
+        yield running
         return
     # The stack's own variables choose where it lives and which ports it takes (several checkouts
     # can test side by side); the defaults keep clear of a development stack's.
@@ -53,16 +63,18 @@ def wp_stack() -> dict[str, str]:
         "WPSB_STACK_DIR": os.environ.get("WPSB_STACK_DIR") or str(ROOT / ".stack-test"),
         "WPSB_DB_PORT": os.environ.get("WPSB_DB_PORT") or "33326",
         "WPSB_WP_PORT": os.environ.get("WPSB_WP_PORT") or "8806",
+        "WPSB_WP_LINE": os.environ.get("WPSB_WP_LINE") or "6.1",
     }
     subprocess.run([str(STACK), "purge"], env=env, check=False, capture_output=True)
     started = time.monotonic()
     up = subprocess.run([str(STACK), "up"], env=env, capture_output=True, text=True)
     if up.returncode != 0:
         raise RuntimeError(f"wordpress-stack up failed ({up.returncode}):\n{up.stdout}\n{up.stderr}")
-    print(f"\nWordPress stack up in {time.monotonic() - started:.1f} s")
     out = subprocess.run([str(STACK), "env"], env=env, check=True, capture_output=True, text=True)
+    stack = _read_env(out.stdout)
+    print(f"\nWordPress {stack['WPSB_WP_VERSION']} stack up in {time.monotonic() - started:.1f} s")
     try:
-        yield _read_env(out.stdout)
+        yield stack
     finally:
         subprocess.run([str(STACK), "purge"], env=env, check=False, capture_output=True)
 

@@ -124,7 +124,8 @@ load_env
 expect "env url" "$WPSB_WP_URL" "http://127.0.0.1:$WPSB_WP_PORT"
 expect "env stack dir" "$WPSB_STACK_DIR" "$TMP_DIR/stack"
 for k in WPSB_WP_URL WPSB_WP_USER WPSB_WP_APP_PASSWORD WPSB_WP_ADMIN_PASSWORD WPSB_WP_MAIL_LOG \
-    WPSB_DB_PORT WPSB_DB_SOCKET WPSB_DB_NAME WPSB_DB_USER WPSB_DB_PASSWORD WPSB_STACK_DIR; do
+    WPSB_DB_PORT WPSB_DB_SOCKET WPSB_DB_NAME WPSB_DB_USER WPSB_DB_PASSWORD WPSB_STACK_DIR \
+    WPSB_WP_LINE WPSB_WP_VERSION; do
     grep -q "^$k=." "$TMP_DIR/up1.out" || fail "up did not print $k"
 done
 cmp -s "$TMP_DIR/up1.out" <("$STACK" env) || fail "env differs from what up printed"
@@ -145,7 +146,9 @@ expect "plugin_version" "$(j 'd["plugin_version"]' <<<"$BODY")" 2.0.0
 expect "api_version" "$(j 'd["api_version"]' <<<"$BODY")" 2
 expect "caller is the administrator" "$(j 'd["caller"]["is_administrator"]' <<<"$BODY")" true
 expect "caller lacks nothing" "$(j 'd["caller"]["missing_capabilities"]' <<<"$BODY")" "[]"
-expect "wordpress_version" "$(j 'd["wordpress_version"]' <<<"$BODY")" 6.1.9
+# The version of the line the stack was started with (WPSB_WP_LINE: 6.1 or 6.8).
+expect "wordpress_version" "$(j 'd["wordpress_version"]' <<<"$BODY")" "$WPSB_WP_VERSION"
+[[ $WPSB_WP_VERSION == "$WPSB_WP_LINE".* ]] || fail "WordPress $WPSB_WP_VERSION is not of line $WPSB_WP_LINE"
 expect "php_version" "$(j 'd["php_version"][:2]' <<<"$BODY")" 8.
 ok "GET status"
 
