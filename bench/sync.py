@@ -17,7 +17,9 @@ bridge's connection takes the contact from the delivery (no CRM fetch), so both 
 WordPress work. Latency is a job's ``updated_at - created_at`` in the bridge's own database: from
 the commit that acknowledged the delivery to the commit that recorded the plugin's answer (which
 WordPress gives after its own COMMIT, so the user is visible by then). At idle, one delivery at a
-time; under load, every job of the create phase. Prints every figure, and ``sync_ratio=``
+time (and, as the reference in the same run, with ``worker.batch_size = 1``: one upsert per
+request, as before batching); under load, every job of the create phase. Prints every figure,
+and ``sync_ratio=``
 (creates, bridge rate / direct rate, medians) last.
 """
 
@@ -150,7 +152,8 @@ class Bridged:
         })
 
     async def run(self, n: int, idle: int) -> tuple[dict[str, float], dict[str, list[float]]]:
-        """Users per second for each phase, and latencies (s): idle creates, creates under load."""
+        """Users per second for each phase, and latencies (s): idle creates, creates under load.
+        ``n`` 0: the idle latencies only."""
         tag = uuid.uuid4().hex[:8]
         bridge = Bridge(self.settings(tag))
         await bridge.start()
@@ -177,7 +180,7 @@ class Bridged:
                     "unchanged": (("update", lambda i: contact(i, f"changed-{i}")), "unchanged"),
                 }
                 load_jobs: list[int] = []
-                for phase, ((action, body), expected) in phases.items():
+                for phase, ((action, body), expected) in (phases.items() if n else ()):
                     job_ids: list[int] = []
 
                     async def one(i: int, action=action, body=body, job_ids=job_ids) -> None:
@@ -259,12 +262,14 @@ async def main() -> None:
     env, started_here = stack_env()
     direct_rates: dict[str, list[float]] = {p: [] for p in PHASES}
     bridge_rates: dict[str, list[float]] = {p: [] for p in PHASES}
-    latencies: dict[str, list[float]] = {"idle": [], "load": []}
+    latencies: dict[str, list[float]] = {"idle": [], "load": [], "idle_single": []}
     try:
         print(wordpress_version(env), flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             direct = Direct(env, args.concurrency)
             bridged = Bridged(env, args.concurrency, Path(tmp))
+            # Today's path for the idle reference: one upsert per request (worker.batch_size = 1).
+            single = Bridged(env, args.concurrency, Path(tmp), batch_size=1)
             await direct.warm_up()
             for rnd in range(args.rounds):
                 # Alternate the order so neither side always runs on a warmer (or fuller) site.
@@ -277,6 +282,7 @@ async def main() -> None:
                         into = bridge_rates
                         for key, values in lat.items():
                             latencies[key] += values
+                        latencies["idle_single"] += (await single.run(0, args.idle))[1]["idle"]
                     for phase in PHASES:
                         into[phase].append(rates[phase])
                     shown = "  ".join(f"{p} {rates[p]:7.1f}/s" for p in PHASES)
@@ -292,6 +298,8 @@ async def main() -> None:
         print(f"{phase:<9} direct REST {d:7.1f} users/s  bridge {b:7.1f} users/s  ratio {b / d:5.2f}"
               f"  (medians of {len(direct_rates[phase])})")
     print(f"latency at idle (one delivery at a time): {ms(latencies['idle'])}  ({len(latencies['idle'])} jobs)")
+    print(f"  the same with single upserts:           {ms(latencies['idle_single'])}  "
+          f"(worker.batch_size = 1, {len(latencies['idle_single'])} jobs)")
     print(f"latency under load (the create phase):    {ms(latencies['load'])}  ({len(latencies['load'])} jobs)")
     print(f"update_ratio={ratios['changed']:.2f} unchanged_ratio={ratios['unchanged']:.2f}")
     print(f"sync_ratio={ratios['create']:.2f}")

@@ -17,6 +17,8 @@ class Metrics:
         self.jobs = Counter("wpsb_jobs", "Finished job runs by outcome", ["connection", "outcome"], registry=self.registry)
         self.job_seconds = Histogram("wpsb_job_duration_seconds", "Duration of successful job runs", ["connection"], registry=self.registry)
         self._delivery_children: dict[tuple[str, str], object] = {}
+        self.batches = Counter("wpsb_wordpress_batches", "Batch upsert requests sent to WordPress", registry=self.registry)
+        self.batch_items = Counter("wpsb_wordpress_batch_items", "Upserts sent in batch requests", registry=self.registry)
         self.queue = Gauge("wpsb_jobs_in_state", "Jobs per state at the last scrape", ["state"], registry=self.registry)
         self._operational()
 
@@ -56,6 +58,10 @@ class Metrics:
 
     def job_dead(self, connection: str) -> None:
         self.jobs.labels(connection, "dead").inc()
+
+    def wordpress_batch(self, items: int) -> None:
+        self.batches.inc()
+        self.batch_items.inc(items)
 
     def render(self, counts: dict[str, int], oldest_queued_at: float | None = None) -> bytes:
         """The text exposition, with the queue gauges refreshed from ``counts`` and the oldest

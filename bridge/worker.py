@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import structlog
 
+from bridge.batching import UpsertBatcher
 from bridge.errors import Permanent, RateLimited, Transient
 from bridge.metrics import Metrics
 from bridge.store import queue as q
@@ -45,12 +46,21 @@ class Worker:
         self._running: dict[int, Job] = {}
         self._jobs = TaskGroup()
         self._loops = TaskGroup()
+        # worker.concurrency counts WordPress requests in flight; each may carry a batch of upserts.
+        self.batcher = ctx.batcher = UpsertBatcher(
+            lambda: ctx.wordpress, self.cfg.batch_size, self.cfg.batch_linger_s, self.cfg.concurrency,
+            waiting_jobs=lambda: len(self._running) - self.batcher.submitted, on_batch=metrics.wordpress_batch)
+
+    @property
+    def slots(self) -> int:
+        """How many jobs may run at once: a request's worth of upserts per request slot."""
+        return self.cfg.concurrency * self.batcher.batch_size
 
     def notify(self) -> None:
         """A job was queued: look for work now rather than at the next poll. With every slot busy
         there is nothing to claim (the intake calls this once per delivery): the next job to
         finish wakes the dispatcher instead."""
-        if len(self._running) < self.cfg.concurrency:
+        if len(self._running) < self.slots:
             self._wake.set()
 
     async def start(self) -> None:
@@ -71,6 +81,7 @@ class Worker:
             log.warning("worker.grace_expired", unfinished=sorted(self._running))
             await self._jobs.cancel()
             await self.store.release_running(expired_only=False)
+        await self.batcher.close()
 
     @property
     def loops_alive(self) -> bool:
@@ -84,7 +95,7 @@ class Worker:
     async def _dispatch(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
-            free = self.cfg.concurrency - len(self._running)
+            free = self.slots - len(self._running)
             if free > 0:
                 for job in await self.store.claim(free, self.cfg.lease_s):
                     self._running[job.id] = job

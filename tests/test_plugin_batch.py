@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import subprocess
 import uuid
@@ -21,20 +20,17 @@ import pytest
 from bridge.clients.http import basic_auth
 from bridge.clients.wordpress import UpsertRequest, UpsertResult, batch_limit
 from bridge.errors import AuthFailed, Permanent
-from tests.plugin_actors import CONTACT_KEY, ROOT, TAGS_KEY, client_for, make_site
+from tests.plugin_actors import CONTACT_KEY, ROOT, TAGS_KEY, client_for, link_fault_plugin, make_site
 
 pytestmark = pytest.mark.wordpress
 
-FAULT_PLUGIN = ROOT / "wordpress" / "test-support" / "wpsb-test-db-fault.php"
 QUERY_COUNT_PHP = ROOT / "wordpress" / "test-support" / "wpsb-query-count.php"
 
 
 @pytest.fixture(scope="module")
 def site(wp_stack):
     site = make_site(wp_stack)
-    link = site.site_dir / "wp-content" / "mu-plugins" / FAULT_PLUGIN.name
-    if not link.is_symlink():
-        os.symlink(FAULT_PLUGIN, link)
+    link_fault_plugin(site)
     return site
 
 

@@ -1262,7 +1262,12 @@ function wpsb_op_status( array $args ) {
 		'api_version'       => WPSB_API_VERSION,
 		'wordpress_version' => get_bloginfo( 'version' ),
 		'php_version'       => PHP_VERSION,
-		'features'          => WPSB_FEATURES,
+		/**
+		 * Filters the optional features the plugin advertises (a site may turn the batch off).
+		 *
+		 * @param string[] $features Feature names.
+		 */
+		'features'          => array_values( (array) apply_filters( 'wpsb_features', WPSB_FEATURES ) ),
 		'batch'             => array( 'max_items' => WPSB_BATCH_MAX_ITEMS ),
 		'caller'            => wpsb_caller_summary( wp_get_current_user() ),
 		'policy'            => array(
