@@ -28,6 +28,9 @@ log = structlog.get_logger("bridge.batching")
 # How long the plugin's answer about its batch feature is trusted (an upgrade or a downgrade of
 # the plugin is noticed within this time).
 FEATURE_TTL_S = 300.0
+# After a failed status request, single upserts for this long before asking again (no extra
+# request per job while WordPress is unreachable).
+STATUS_RETRY_S = 10.0
 
 
 class UpsertBatcher:
@@ -51,6 +54,7 @@ class UpsertBatcher:
         self._arrived = asyncio.Event()
         self._limit: int | None = None
         self._limit_at = 0.0
+        self._status_failed_at: float | None = None
         self._limit_lock = asyncio.Lock()
         self._tasks = TaskGroup()
         self._flushing = False
@@ -65,14 +69,18 @@ class UpsertBatcher:
         """The size, asking the plugin's status when the last answer is too old."""
         if self._size <= 1:
             return 1
+        if self._status_failed_at is not None and self._monotonic() - self._status_failed_at < STATUS_RETRY_S:
+            return self.batch_size
         if self._limit is None or self._monotonic() - self._limit_at > FEATURE_TTL_S:
             async with self._limit_lock:
                 if self._limit is None or self._monotonic() - self._limit_at > FEATURE_TTL_S:
                     try:
                         self._limit = batch_limit(await self._wordpress().status())
                     except Exception as exc:  # WordPress unreachable: single upserts, which say why
+                        self._status_failed_at = self._monotonic()
                         log.info("batching.status_failed", error=f"{type(exc).__name__}: {exc}")
-                        return 1
+                        return self.batch_size
+                    self._status_failed_at = None
                     self._limit_at = self._monotonic()
                     log.info("batching.plugin", batch_limit=self._limit, batch_size=self.batch_size)
         return self.batch_size
