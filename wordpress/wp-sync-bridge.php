@@ -1227,6 +1227,50 @@ function wpsb_acquire_lock( $email ) {
 }
 
 /**
+ * Take the locks of several emails in one query, in the order given (sorted by the caller, so
+ * two batches never wait on each other), each waiting up to WPSB_LOCK_TIMEOUT_S seconds.
+ *
+ * @param string[] $emails Normalised email addresses.
+ * @return array<string, true|WP_Error> Email => true, or 503 wpsb_lock_timeout.
+ */
+function wpsb_acquire_locks( array $emails ) {
+	global $wpdb;
+	if ( ! $emails ) {
+		return array();
+	}
+	$calls = implode( ', ', array_fill( 0, count( $emails ), "GET_LOCK(CONCAT('wpsb:', MD5(%s)), %d)" ) );
+	$args  = array();
+	foreach ( $emails as $email ) {
+		array_push( $args, wpsb_normalize_email( $email ), WPSB_LOCK_TIMEOUT_S );
+	}
+	$row = $wpdb->get_row( $wpdb->prepare( "SELECT $calls", $args ), ARRAY_N ); // phpcs:ignore WordPress.DB.PreparedSQL.InterpolatedNotPrepared
+	$out = array();
+	foreach ( array_values( $emails ) as $i => $email ) {
+		$out[ $email ] = isset( $row[ $i ] ) && '1' === (string) $row[ $i ] ? true : new WP_Error(
+			'wpsb_lock_timeout',
+			'Another request for the same email is still running; try again.',
+			array( 'status' => 503 )
+		);
+	}
+	return $out;
+}
+
+/**
+ * Release the locks of several emails in one query.
+ *
+ * @param string[] $emails Email addresses.
+ * @return void
+ */
+function wpsb_release_locks( array $emails ) {
+	global $wpdb;
+	if ( ! $emails ) {
+		return;
+	}
+	$calls = implode( ', ', array_fill( 0, count( $emails ), "RELEASE_LOCK(CONCAT('wpsb:', MD5(%s)))" ) );
+	$wpdb->query( $wpdb->prepare( "SELECT $calls", array_map( 'wpsb_normalize_email', array_values( $emails ) ) ) ); // phpcs:ignore WordPress.DB.PreparedSQL.InterpolatedNotPrepared
+}
+
+/**
  * Release the named lock for an email.
  *
  * @param string $email Email address.
@@ -2053,6 +2097,7 @@ final class WPSB_Meta_Cache {
 		add_action( 'updated_user_meta', array( __CLASS__, 'updated' ), PHP_INT_MIN, 4 );
 		add_action( 'deleted_user_meta', array( __CLASS__, 'deleted' ), PHP_INT_MIN, 2 );
 		add_filter( 'insert_user_meta', array( __CLASS__, 'inserting' ), PHP_INT_MIN, 3 );
+		add_filter( 'update_user_metadata', array( __CLASS__, 'add_if_absent' ), PHP_INT_MAX, 4 );
 	}
 
 	/**
@@ -2130,7 +2175,34 @@ final class WPSB_Meta_Cache {
 			self::$follow_new = false;
 			self::follow( $user->ID );
 		}
+		if ( $user instanceof WP_User && isset( self::$followed[ (int) $user->ID ] ) && is_array( $meta ) ) {
+			// As the database gives them back: use_ssl is passed as the integer 0, which is never
+			// identical to the stored "0", so every wp_update_user() wrote it again unchanged.
+			foreach ( $meta as $key => $value ) {
+				if ( is_int( $value ) || is_bool( $value ) ) {
+					$meta[ $key ] = self::stored_form( $value );
+				}
+			}
+		}
 		return $meta;
+	}
+
+	/**
+	 * update_user_metadata filter: for a key a followed user does not have, add the row at once,
+	 * as update_metadata() itself would after looking for existing rows (one query fewer per key).
+	 *
+	 * @param null|bool $check   Null unless another filter decided.
+	 * @param int       $user_id User ID.
+	 * @param string    $key     Meta key (unslashed).
+	 * @param mixed     $value   Value (unslashed, sanitised).
+	 * @return null|int|false Null: let update_metadata() go on; else add_metadata()'s result.
+	 */
+	public static function add_if_absent( $check, $user_id, $key, $value ) {
+		if ( null !== $check || ! self::known_absent( $user_id, $key ) ) {
+			return $check;
+		}
+		// add_metadata() unslashes (and sanitises) again, as update_metadata() passes it the raw value.
+		return add_metadata( 'user', (int) $user_id, wp_slash( $key ), wp_slash( $value ) );
 	}
 
 	/**
@@ -2287,9 +2359,7 @@ final class WPSB_Upsert_Batch {
 			}
 			$results += $done;
 		} finally {
-			foreach ( $locked as $email ) {
-				wpsb_release_lock( $email );
-			}
+			wpsb_release_locks( $locked );
 		}
 		ksort( $results );
 		return array_values( array_map( 'wpsb_batch_item_answer', $results ) );
@@ -2313,10 +2383,9 @@ final class WPSB_Upsert_Batch {
 		}
 		ksort( $by_email, SORT_STRING );
 		$locked = array();
-		foreach ( $by_email as $email => $positions ) {
-			$got = wpsb_acquire_lock( $email );
+		foreach ( wpsb_acquire_locks( array_map( 'strval', array_keys( $by_email ) ) ) as $email => $got ) {
 			if ( is_wp_error( $got ) ) {
-				foreach ( $positions as $i ) {
+				foreach ( $by_email[ $email ] as $i ) {
 					$results[ $i ] = $got;
 				}
 				continue;
