@@ -1,20 +1,32 @@
-"""End-to-end sync benchmark: N distinct contacts from webhook to WordPress user, against the same
-number of direct REST creates at the same concurrency, in the same run, on the same WordPress.
+"""End-to-end sync benchmark: the bridge against direct REST calls at the same concurrency, in the
+same run, on the same WordPress, for creates, changed updates and unchanged updates; and the
+latency from acknowledgement to user visible, at idle and under load.
 
-    python bench/sync.py [--contacts 300] [--concurrency 4] [--rounds 4]
+    python bench/sync.py [--contacts 300] [--concurrency 4] [--rounds 3] [--idle 30]
 
-Starts the local WordPress stack (scripts/wordpress-stack) when none is running and stops it
-again afterwards. Prints both rates and, last, ``sync_ratio=R`` (bridge rate / direct rate).
-The bridge's connection takes the contact from the delivery (no CRM fetch), so both sides do the
-same WordPress work: what is measured is the bridge's own overhead (intake, durable queue,
-worker, plugin upsert with its per-email lock) against WordPress's own ceiling.
+Starts the local WordPress stack (scripts/wordpress-stack; ``WPSB_WP_LINE`` chooses the WordPress
+line where the stack offers several) when none is running and stops it again afterwards.
+
+Each round runs both sides, in alternating order, through three phases on users of its own:
+- creates: direct ``POST wp/v2/users``; the bridge gets ``add`` deliveries for new contacts;
+- changed updates: direct ``POST wp/v2/users/ID`` with a new last name; the bridge gets ``update``
+  deliveries carrying it;
+- unchanged updates: the same again with the same values.
+A bridge rate runs from the first delivery sent to the last job done (every user written). The
+bridge's connection takes the contact from the delivery (no CRM fetch), so both sides do the same
+WordPress work. Latency is a job's ``updated_at - created_at`` in the bridge's own database: from
+the commit that acknowledged the delivery to the commit that recorded the plugin's answer (which
+WordPress gives after its own COMMIT, so the user is visible by then). At idle, one delivery at a
+time (and, as the reference in the same run, with ``worker.batch_size = 1``: one upsert per
+request, as before batching); under load, every job of the create phase. Prints every figure,
+and ``sync_ratio=``
+(creates, bridge rate / direct rate, medians) last.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import subprocess
 import sys
@@ -22,6 +34,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 
@@ -35,6 +48,7 @@ from bridge.settings import load_settings  # noqa: E402
 
 STACK = ROOT / "scripts" / "wordpress-stack"
 KEY = "bench-access-key-1"
+PHASES = ("create", "changed", "unchanged")
 
 
 def stack_env() -> tuple[dict[str, str], bool]:
@@ -48,7 +62,8 @@ def stack_env() -> tuple[dict[str, str], bool]:
     return env, started
 
 
-async def gather_limited(n: int, concurrency: int, make) -> None:
+async def gather_limited(n: int, concurrency: int, make: Callable[[int], Awaitable[None]]) -> None:
+    """Run ``make(0..n-1)`` with at most ``concurrency`` in flight."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(i)
@@ -60,104 +75,234 @@ async def gather_limited(n: int, concurrency: int, make) -> None:
     await asyncio.gather(*(runner() for _ in range(concurrency)))
 
 
-async def direct(env: dict[str, str], n: int, concurrency: int) -> float:
-    """Core REST creates (POST /wp/v2/users) with the same fields: users per second."""
-    tag = uuid.uuid4().hex[:8]
-    headers = {"Authorization": basic_auth(env["WPSB_WP_USER"], env["WPSB_WP_APP_PASSWORD"])}
-    url = env["WPSB_WP_URL"] + "/?rest_route=/wp/v2/users"
-    async with aiohttp.ClientSession(headers=headers) as session:
-        async def create(i: int) -> None:
-            email = f"direct-{tag}-{i}@example.com"
-            body = {"username": email, "email": email, "password": uuid.uuid4().hex, "first_name": "Bench",
-                    "last_name": str(i), "roles": ["subscriber"]}
-            async with session.post(url, json=body) as resp:
-                if resp.status != 201:
-                    raise RuntimeError(f"direct create answered {resp.status}: {await resp.text()}")
-
-        started = time.perf_counter()
-        await gather_limited(n, concurrency, create)
-        return n / (time.perf_counter() - started)
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
-async def bridged(env: dict[str, str], n: int, concurrency: int, workdir: Path) -> float:
-    """Webhooks through the bridge until every user exists in WordPress: users per second."""
-    tag = uuid.uuid4().hex[:8]
-    settings = load_settings(None, **{
-        "log_level": "warning",
-        "server": {"port": 0, "access_keys": [KEY]},
-        "database": {"path": str(workdir / f"bench-{tag}.db")},
-        "worker": {"concurrency": concurrency, "poll_interval_s": 0.5},
-        "wordpress": {"url": env["WPSB_WP_URL"], "username": env["WPSB_WP_USER"],
-                      "application_password": env["WPSB_WP_APP_PASSWORD"], "max_connections": concurrency},
-        "connections": {"bench": {"crm": "generic", "fetch_contact": False, "connector": {
-            "contact_id_paths": ["contact.email"], "email_paths": ["contact.email"], "record_path": "contact",
-            "fields": {"email": "user_email", "first_name": "first_name", "last_name": "last_name"},
-            "meta_prefix": "bench"}}},
-    })
-    bridge = Bridge(settings)
-    await bridge.start()
-    url = f"http://127.0.0.1:{bridge.port}/hooks/bench"
-    try:
-        async with aiohttp.ClientSession() as session:
-            job_ids: list[int] = []
+class Direct:
+    """Core REST calls with an application password: creates, then updates of the same users."""
 
-            async def send(i: int) -> None:
-                body = {"contact": {"email": f"bridge-{tag}-{i}@example.com", "first_name": "Bench", "last_name": str(i)}}
-                async with session.post(url, params={"wpf_action": "add", "access_key": KEY}, json=body) as resp:
-                    if resp.status != 202:
-                        raise RuntimeError(f"bridge answered {resp.status}: {await resp.text()}")
-                    job_ids.append((await resp.json())["job_id"])
+    def __init__(self, env: dict[str, str], concurrency: int) -> None:
+        self.env = env
+        self.concurrency = concurrency
+        self.base = env["WPSB_WP_URL"] + "/?rest_route=/wp/v2/users"
 
-            started = time.perf_counter()
-            await gather_limited(n, concurrency, send)
-            while True:
-                counts = await bridge.store.counts()
-                if counts["queued"] == 0 and counts["running"] == 0:
-                    break
-                await asyncio.sleep(0.01)
-            elapsed = time.perf_counter() - started
+    async def run(self, n: int) -> dict[str, float]:
+        """Users per second for each phase, on ``n`` users made for this run."""
+        tag = uuid.uuid4().hex[:8]
+        headers = {"Authorization": basic_auth(self.env["WPSB_WP_USER"], self.env["WPSB_WP_APP_PASSWORD"])}
+        ids: dict[int, int] = {}
+        rates: dict[str, float] = {}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            async def call(url: str, body: dict[str, Any], want: int) -> dict[str, Any]:
+                async with session.post(url, json=body) as resp:
+                    if resp.status != want:
+                        raise RuntimeError(f"direct REST answered {resp.status}: {(await resp.text())[:300]}")
+                    return await resp.json()
+
+            async def create(i: int) -> None:
+                email = f"direct-{tag}-{i}@example.com"
+                body = {"username": email, "email": email, "password": uuid.uuid4().hex, "first_name": "Bench",
+                        "last_name": str(i), "roles": ["subscriber"]}
+                ids[i] = (await call(self.base, body, 201))["id"]
+
+            def update(last_name: Callable[[int], str]) -> Callable[[int], Awaitable[None]]:
+                async def one(i: int) -> None:
+                    await call(f"{self.base}/{ids[i]}", {"first_name": "Bench", "last_name": last_name(i)}, 200)
+                return one
+
+            for phase, make in (("create", create), ("changed", update(lambda i: f"changed-{i}")),
+                                ("unchanged", update(lambda i: f"changed-{i}"))):
+                started = time.perf_counter()
+                await gather_limited(n, self.concurrency, make)
+                rates[phase] = n / (time.perf_counter() - started)
+        return rates
+
+    async def warm_up(self) -> None:
+        """A few creates and updates so that neither side pays for a cold opcache or buffer pool."""
+        await self.run(12)
+
+
+class Bridged:
+    """The bridge in this process, fed webhooks at the same concurrency."""
+
+    def __init__(self, env: dict[str, str], concurrency: int, workdir: Path, **worker: Any) -> None:
+        self.env = env
+        self.concurrency = concurrency
+        self.workdir = workdir
+        self.worker = worker
+
+    def settings(self, tag: str) -> Any:
+        """The bridge's settings: WordPress as in the stack, one generic connection, no CRM fetch."""
+        env = self.env
+        return load_settings(None, **{
+            "log_level": "warning",
+            "server": {"port": 0, "access_keys": [KEY]},
+            "database": {"path": str(self.workdir / f"bench-{tag}.db")},
+            "worker": {"concurrency": self.concurrency, "poll_interval_s": 0.5, **self.worker},
+            "wordpress": {"url": env["WPSB_WP_URL"], "username": env["WPSB_WP_USER"],
+                          "application_password": env["WPSB_WP_APP_PASSWORD"],
+                          "max_connections": self.concurrency},
+            "connections": {"bench": {"crm": "generic", "fetch_contact": False, "connector": {
+                "contact_id_paths": ["contact.email"], "email_paths": ["contact.email"], "record_path": "contact",
+                "fields": {"email": "user_email", "first_name": "first_name", "last_name": "last_name"},
+                "meta_prefix": "bench"}}},
+        })
+
+    async def run(self, n: int, idle: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Users per second for each phase, and latencies (s): idle creates, creates under load.
+        ``n`` 0: the idle latencies only."""
+        tag = uuid.uuid4().hex[:8]
+        bridge = Bridge(self.settings(tag))
+        await bridge.start()
+        url = f"http://127.0.0.1:{bridge.port}/hooks/bench"
+        rates: dict[str, float] = {}
+        try:
+            async with aiohttp.ClientSession() as session:
+                async def send(action: str, contact: dict[str, str]) -> int:
+                    params = {"wpf_action": action, "access_key": KEY}
+                    # A delivery ID of its own: the unchanged phase repeats the changed one's
+                    # contact, which the intake would otherwise answer as a duplicate.
+                    body = {"contact": contact, "delivery_id": uuid.uuid4().hex}
+                    async with session.post(url, params=params, json=body) as resp:
+                        if resp.status != 202:
+                            raise RuntimeError(f"bridge answered {resp.status}: {await resp.text()}")
+                        return (await resp.json())["job_id"]
+
+                def contact(i: int, last: str) -> dict[str, str]:
+                    return {"email": f"bridge-{tag}-{i}@example.com", "first_name": "Bench", "last_name": last}
+
+                phases = {
+                    "create": (("add", lambda i: contact(i, str(i))), "created"),
+                    "changed": (("update", lambda i: contact(i, f"changed-{i}")), "updated"),
+                    "unchanged": (("update", lambda i: contact(i, f"changed-{i}")), "unchanged"),
+                }
+                load_jobs: list[int] = []
+                for phase, ((action, body), expected) in (phases.items() if n else ()):
+                    job_ids: list[int] = []
+
+                    async def one(i: int, action=action, body=body, job_ids=job_ids) -> None:
+                        job_ids.append(await send(action, body(i)))
+
+                    started = time.perf_counter()
+                    await gather_limited(n, self.concurrency, one)
+                    await drained(bridge)
+                    rates[phase] = n / (time.perf_counter() - started)
+                    await check_outcomes(bridge, job_ids, expected)
+                    if phase == "create":
+                        load_jobs = job_ids
+                idle_jobs = []
+                for i in range(idle):
+                    job_id = await send("add", {"email": f"idle-{tag}-{i}@example.com", "first_name": "Idle"})
+                    await drained(bridge, poll_s=0.001)
+                    idle_jobs.append(job_id)
+                await check_outcomes(bridge, idle_jobs, "created")
+                latencies = {"idle": await job_latencies(bridge, idle_jobs),
+                             "load": await job_latencies(bridge, load_jobs)}
+                return rates, latencies
+        finally:
+            await bridge.stop()
+
+
+async def drained(bridge: Bridge, poll_s: float = 0.005) -> None:
+    """Until nothing is queued or running."""
+    while True:
+        counts = await bridge.store.counts()
+        if counts["queued"] == 0 and counts["running"] == 0:
             if counts["dead"]:
                 raise RuntimeError(f"{counts['dead']} jobs died: see `wp-sync-bridge jobs list --status dead`")
-            outcomes = [(await bridge.store.get_job(j))["outcome"]["outcome"] for j in job_ids]
-            if outcomes.count("created") != n:
-                raise RuntimeError(f"expected {n} created users, got {json.dumps(outcomes[:5])}...")
-            return n / elapsed
-    finally:
-        await bridge.stop()
+            return
+        await asyncio.sleep(poll_s)
+
+
+async def check_outcomes(bridge: Bridge, job_ids: list[int], expected: str) -> None:
+    """Every job did what the phase is about (else the figure would measure something else)."""
+    outcomes = [((await bridge.store.get_job(j))["outcome"] or {}).get("outcome") for j in job_ids]
+    wrong = [o for o in outcomes if o != expected]
+    if wrong:
+        raise RuntimeError(f"expected {len(job_ids)} {expected}, got {len(wrong)} others: {wrong[:5]}")
+
+
+async def job_latencies(bridge: Bridge, job_ids: list[int]) -> list[float]:
+    """Seconds from the acknowledging commit to the commit of the job's result."""
+    out = []
+    for job_id in job_ids:
+        job = await bridge.store.get_job(job_id)
+        out.append(job["updated_at"] - job["created_at"])
+    return out
+
+
+def wordpress_version(env: dict[str, str]) -> str:
+    """The version of WordPress the stack serves, from the plugin's status."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(env["WPSB_WP_URL"] + "/?rest_route=/wp-sync-bridge/v1/status", headers={
+        "Authorization": basic_auth(env["WPSB_WP_USER"], env["WPSB_WP_APP_PASSWORD"])})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        status = json.loads(resp.read())
+    return f"WordPress {status['wordpress_version']}, plugin {status['plugin_version']}, " \
+           f"features {status.get('features', [])}"
+
+
+def ms(values: list[float]) -> str:
+    return f"p50 {percentile(values, 50) * 1000:6.1f} ms  p99 {percentile(values, 99) * 1000:6.1f} ms"
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    # WordPress's own rate swings by +-15 % from run to run on a small VM: 4 alternating rounds of
-    # 300 users each (about a minute in all) give a median that holds still.
-    parser.add_argument("--contacts", type=int, default=300, help="users per run (default 300)")
+    parser.add_argument("--contacts", type=int, default=300, help="users per phase and side (default 300)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight, both sides (default 4)")
-    parser.add_argument("--rounds", type=int, default=4, help="alternating direct/bridge rounds (default 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, sides in alternating order (default 3)")
+    parser.add_argument("--idle", type=int, default=30, help="deliveries one at a time per round (default 30)")
     args = parser.parse_args()
     configure("warning", "console")
     env, started_here = stack_env()
+    direct_rates: dict[str, list[float]] = {p: [] for p in PHASES}
+    bridge_rates: dict[str, list[float]] = {p: [] for p in PHASES}
+    latencies: dict[str, list[float]] = {"idle": [], "load": [], "idle_single": []}
     try:
+        print(wordpress_version(env), flush=True)
         with tempfile.TemporaryDirectory() as tmp:
-            await direct(env, 20, args.concurrency)  # warm-up: PHP opcache, MariaDB buffers
-            direct_rates, bridge_rates = [], []
+            direct = Direct(env, args.concurrency)
+            bridged = Bridged(env, args.concurrency, Path(tmp))
+            # Today's path for the idle reference: one upsert per request (worker.batch_size = 1).
+            single = Bridged(env, args.concurrency, Path(tmp), batch_size=1)
+            await direct.warm_up()
             for rnd in range(args.rounds):
                 # Alternate the order so neither side always runs on a warmer (or fuller) site.
-                order = ("direct", "bridge") if rnd % 2 == 0 else ("bridge", "direct")
-                for side in order:
+                for side in (("direct", "bridge") if rnd % 2 == 0 else ("bridge", "direct")):
                     if side == "direct":
-                        rate = await direct(env, args.contacts, args.concurrency)
-                        direct_rates.append(rate)
+                        rates = await direct.run(args.contacts)
+                        into = direct_rates
                     else:
-                        rate = await bridged(env, args.contacts, args.concurrency, Path(tmp))
-                        bridge_rates.append(rate)
-                    print(f"round {rnd + 1} {side:<6} {args.contacts} users at concurrency {args.concurrency}: {rate:7.1f} users/s", flush=True)
+                        rates, lat = await bridged.run(args.contacts, args.idle)
+                        into = bridge_rates
+                        for key, values in lat.items():
+                            latencies[key] += values
+                        latencies["idle_single"] += (await single.run(0, args.idle))[1]["idle"]
+                    for phase in PHASES:
+                        into[phase].append(rates[phase])
+                    shown = "  ".join(f"{p} {rates[p]:7.1f}/s" for p in PHASES)
+                    print(f"round {rnd + 1} {side:<6} {args.contacts} users at concurrency "
+                          f"{args.concurrency}: {shown}", flush=True)
     finally:
         if started_here:
             subprocess.run([str(STACK), "down"], check=False, capture_output=True)
-    d, b = statistics.median(direct_rates), statistics.median(bridge_rates)
-    print(f"direct REST creates: {d:.1f} users/s (median of {len(direct_rates)})")
-    print(f"bridge end to end:   {b:.1f} users/s (median of {len(bridge_rates)})")
-    print(f"sync_ratio={b / d:.2f}")
+    ratios = {}
+    for phase in PHASES:
+        d, b = statistics.median(direct_rates[phase]), statistics.median(bridge_rates[phase])
+        ratios[phase] = b / d
+        print(f"{phase:<9} direct REST {d:7.1f} users/s  bridge {b:7.1f} users/s  ratio {b / d:5.2f}"
+              f"  (medians of {len(direct_rates[phase])})")
+    print(f"latency at idle (one delivery at a time): {ms(latencies['idle'])}  ({len(latencies['idle'])} jobs)")
+    print(f"  the same with single upserts:           {ms(latencies['idle_single'])}  "
+          f"(worker.batch_size = 1, {len(latencies['idle_single'])} jobs)")
+    print(f"latency under load (the create phase):    {ms(latencies['load'])}  ({len(latencies['load'])} jobs)")
+    print(f"update_ratio={ratios['changed']:.2f} unchanged_ratio={ratios['unchanged']:.2f}")
+    print(f"sync_ratio={ratios['create']:.2f}")
 
 
 if __name__ == "__main__":

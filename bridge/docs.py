@@ -44,7 +44,12 @@ DESCRIPTIONS: dict[str, str] = {
     "server.metrics_port": "Serve `/metrics` on this port instead of the webhook listener; unset: on `server.port`.",
     "server.metrics_token": "When set, `/metrics` requires `Authorization: Bearer TOKEN`.",
     "database.path": "The SQLite file (WAL). Created by `serve` only; operator commands never create it.",
-    "worker.concurrency": "Contacts processed at once (a contact's jobs always run one at a time, in order).",
+    "worker.concurrency": "WordPress requests in flight; with batching up to concurrency x batch_size jobs run "
+                          "at once (a contact's jobs always run one at a time, in order).",
+    "worker.batch_size": "Upserts of running jobs sent as one plugin batch request (plugin 2.1, at most its own "
+                         "limit); 1: one upsert per request.",
+    "worker.batch_linger_s": "Longest wait of an upsert for running jobs still on their way to theirs; "
+                             "a lone job never waits.",
     "worker.max_attempts": "Runs of a job before it goes to the dead-letter state.",
     "worker.lease_s": "A running job not renewed within this time is taken back into the queue.",
     "worker.poll_interval_s": "How often the queue is looked at when no delivery wakes it.",

@@ -31,6 +31,8 @@ class Metrics:
                                           "Connections the server closed early, by reason", ["reason"],
                                           registry=self.registry)
         self._delivery_children: dict[tuple[str, str], object] = {}
+        self.batches = Counter("wpsb_wordpress_batches", "Batch upsert requests sent to WordPress", registry=self.registry)
+        self.batch_items = Counter("wpsb_wordpress_batch_items", "Upserts sent in batch requests", registry=self.registry)
         self.queue = Gauge("wpsb_jobs_in_state", "Jobs per state (counted at most every few seconds)", ["state"],
                            registry=self.registry)
         self.loop_healthy = Gauge("wpsb_loop_healthy", "1 when the background loop's last round went through",
@@ -94,6 +96,10 @@ class Metrics:
 
     def finish_failed(self) -> None:
         self.finish_failures.inc()
+
+    def wordpress_batch(self, items: int) -> None:
+        self.batches.inc()
+        self.batch_items.inc(items)
 
     def render(self, counts: dict[str, int], oldest_queued_at: float | None = None,
                loops: dict[str, bool] | None = None) -> bytes:

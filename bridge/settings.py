@@ -172,6 +172,12 @@ class WorkerSettings(_Section):
     http_attempts: int = Field(3, ge=1, le=10)
     http_backoff_s: float = Field(0.5, ge=0)
     http_max_wait_s: float = Field(10, ge=0)
+    # Upserts of running jobs sent together as one plugin batch request (bridge.batching): at most
+    # batch_size per request (the plugin's own limit too), and up to concurrency requests in
+    # flight, so up to concurrency x batch_size jobs run at once. 1: one upsert per request.
+    batch_size: int = Field(25, ge=1, le=500)
+    # How long an upsert waits for running jobs still on their way to theirs (never when alone).
+    batch_linger_s: float = Field(0.01, ge=0, le=1)
 
 
 class WordPressSettings(_Section):

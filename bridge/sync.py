@@ -60,6 +60,8 @@ class SyncContext:
     wordpress: WordPress
     crms: dict[str, CrmClient]
     store: JobStore
+    # Sends the upserts of concurrent jobs as batch requests (bridge.batching); None: one by one.
+    batcher: Any = None
     _roles: dict[str, str] = field(default_factory=dict)
     _roles_at: float = 0.0
     # (job id, merged ids) → (record, fetched, when): see fetched_record.
@@ -166,7 +168,7 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
                         # Lets a repeated run learn that this job created the user, so the write-back
                         # still happens; costs a meta row, so only sent when something is written back.
                         request_id=f"{ctx.store.instance_id}-{job.id}" if plan.write_back else None)
-    result = await ctx.wordpress.upsert(req)
+    result = await (ctx.batcher.upsert(req) if ctx.batcher is not None else ctx.wordpress.upsert(req))
     ctx.forget_record(job)
     if result.outcome == "skipped_privileged":
         log.warning("sync.skipped_privileged", job_id=job.id, connection=newest.connection, user_id=result.user_id)

@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable
 
 import structlog
 
+from bridge.batching import UpsertBatcher
 from bridge.errors import Permanent, RateLimited, Transient
 from bridge.logs import scrub_text
 from bridge.metrics import Metrics
@@ -68,12 +69,21 @@ class Worker:
         self._jobs = TaskGroup()
         self._loops = TaskGroup()
         self._secrets = set(ctx.settings.secret_values())  # grows on reload: an old token may still echo
+        # worker.concurrency counts WordPress requests in flight; each may carry a batch of upserts.
+        self.batcher = ctx.batcher = UpsertBatcher(
+            lambda: ctx.wordpress, self.cfg.batch_size, self.cfg.batch_linger_s, self.cfg.concurrency,
+            waiting_jobs=lambda: len(self._running) - self.batcher.submitted, on_batch=metrics.wordpress_batch)
+
+    @property
+    def slots(self) -> int:
+        """How many jobs may run at once: a request's worth of upserts per request slot."""
+        return self.cfg.concurrency * self.batcher.batch_size
 
     def notify(self) -> None:
         """A job was queued: look for work now rather than at the next poll. With every slot busy
         there is nothing to claim (the intake calls this once per delivery): the next job to
         finish wakes the dispatcher instead."""
-        if len(self._running) < self.cfg.concurrency:
+        if len(self._running) < self.slots:
             self._wake.set()
 
     async def start(self) -> None:
@@ -100,6 +110,7 @@ class Worker:
                 await self.store.release_running()
             except Exception as exc:  # the next start puts them back instead
                 log.error("worker.release_failed", error=f"{type(exc).__name__}: {exc}")
+        await self.batcher.close()
 
     @property
     def loops_alive(self) -> bool:
@@ -119,7 +130,7 @@ class Worker:
         self._wake.clear()
         if self.paused and not await self._probe():
             return
-        free = self.cfg.concurrency - len(self._running)
+        free = self.slots - len(self._running)
         if free > 0:
             try:
                 claimed = await self.store.claim(free, self.cfg.lease_s, keep=self.held_ids())

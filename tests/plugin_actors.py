@@ -27,6 +27,7 @@ from bridge.settings import load_settings
 ROOT = Path(__file__).resolve().parent.parent
 SETUP_PHP = ROOT / "wordpress" / "test-support" / "wpsb-test-setup.php"
 HIDDEN_ROLE_PLUGIN = ROOT / "wordpress" / "test-support" / "wpsb-test-hidden-role.php"
+FAULT_PLUGIN = ROOT / "wordpress" / "test-support" / "wpsb-test-db-fault.php"
 CONTACT_KEY = "customerly_contact_id"
 TAGS_KEY = "customerly_tags"
 BRIDGE_CAPS = {"read", "list_users", "create_users", "edit_users", "promote_users"}
@@ -152,6 +153,14 @@ def make_site(env: dict[str, str]) -> Site:
     if not link.is_symlink():
         os.symlink(HIDDEN_ROLE_PLUGIN, link)
     return site
+
+
+def link_fault_plugin(site: Site) -> None:
+    """Link wpsb-test-db-fault.php into the test site (a failing query on demand, features hidden
+    by an option)."""
+    link = site.site_dir / "wp-content" / "mu-plugins" / FAULT_PLUGIN.name
+    if not link.is_symlink():
+        os.symlink(FAULT_PLUGIN, link)
 
 
 def role(name: str) -> str:

@@ -2,7 +2,7 @@
 /**
  * Plugin Name: WP Sync Bridge companion
  * Description: User find-or-create for the wp-sync-bridge daemon, over REST (wp-sync-bridge/v1) and XML-RPC (wpsb.*). Serialises account creation per email so concurrent webhooks never create duplicate users; never modifies a privileged user, never grants a privileged role, never touches protected meta.
- * Version: 2.0.0
+ * Version: 2.1.0
  * Requires at least: 6.0
  * Requires PHP: 7.4
  *
@@ -21,13 +21,17 @@
 
 defined( 'ABSPATH' ) || exit;
 
-define( 'WPSB_PLUGIN_VERSION', '2.0.0' );
+define( 'WPSB_PLUGIN_VERSION', '2.1.0' );
 // 2: privileged users skipped, protected meta and role grants refused (wordpress/SECURITY.md).
 define( 'WPSB_API_VERSION', 2 );
 define( 'WPSB_REST_NAMESPACE', 'wp-sync-bridge/v1' );
 define( 'WPSB_REQUEST_ID_META', '_wpsb_request_id' );
 define( 'WPSB_LOCK_TIMEOUT_S', 10 );
 define( 'WPSB_SCHEMA_VERSION', 1 );
+// Users per batch upsert request: most of the gain is reached by 10, none is left beyond 50.
+define( 'WPSB_BATCH_MAX_ITEMS', 50 );
+// Optional capabilities, advertised in status (a bridge that knows none of them still works).
+define( 'WPSB_FEATURES', array( 'upsert_batch' ) );
 
 /*
  * ---------------------------------------------------------------------------------------------
@@ -69,6 +73,13 @@ function wpsb_operations() {
 			'route'          => '/users/upsert',
 			'xmlrpc'         => 'wpsb.upsertUser',
 			'xmlrpc_adaptor' => 'wpsb_xmlrpc_upsert_user',
+		),
+		'upsert_batch' => array(
+			'callback'       => 'wpsb_op_upsert_users',
+			'method'         => 'POST',
+			'route'          => '/users/upsert-batch',
+			'xmlrpc'         => 'wpsb.upsertUsers',
+			'xmlrpc_adaptor' => 'wpsb_xmlrpc_upsert_users',
 		),
 		'delete'     => array(
 			'callback'       => 'wpsb_op_delete_user',
@@ -1174,8 +1185,13 @@ function wpsb_write_meta( $user_id, $key, $value, $label, array &$changed ) {
 	if ( wpsb_meta_unchanged( $user_id, $key, $value ) ) {
 		return;
 	}
-	// update_user_meta() unslashes its value, so slash it first to keep backslashes.
-	update_user_meta( $user_id, $key, wp_slash( $value ) );
+	// Both unslash their value, so slash it first to keep backslashes. A key the followed copy
+	// does not have is added: update_user_meta() would first look for its rows.
+	if ( WPSB_Meta_Cache::known_absent( $user_id, $key ) ) {
+		add_user_meta( $user_id, $key, wp_slash( $value ) );
+	} else {
+		update_user_meta( $user_id, $key, wp_slash( $value ) );
+	}
 	$changed[] = $label;
 }
 
@@ -1208,6 +1224,50 @@ function wpsb_acquire_lock( $email ) {
 		);
 	}
 	return true;
+}
+
+/**
+ * Take the locks of several emails in one query, in the order given (sorted by the caller, so
+ * two batches never wait on each other), each waiting up to WPSB_LOCK_TIMEOUT_S seconds.
+ *
+ * @param string[] $emails Normalised email addresses.
+ * @return array<string, true|WP_Error> Email => true, or 503 wpsb_lock_timeout.
+ */
+function wpsb_acquire_locks( array $emails ) {
+	global $wpdb;
+	if ( ! $emails ) {
+		return array();
+	}
+	$calls = implode( ', ', array_fill( 0, count( $emails ), "GET_LOCK(CONCAT('wpsb:', MD5(%s)), %d)" ) );
+	$args  = array();
+	foreach ( $emails as $email ) {
+		array_push( $args, wpsb_normalize_email( $email ), WPSB_LOCK_TIMEOUT_S );
+	}
+	$row = $wpdb->get_row( $wpdb->prepare( "SELECT $calls", $args ), ARRAY_N ); // phpcs:ignore WordPress.DB.PreparedSQL.InterpolatedNotPrepared
+	$out = array();
+	foreach ( array_values( $emails ) as $i => $email ) {
+		$out[ $email ] = isset( $row[ $i ] ) && '1' === (string) $row[ $i ] ? true : new WP_Error(
+			'wpsb_lock_timeout',
+			'Another request for the same email is still running; try again.',
+			array( 'status' => 503 )
+		);
+	}
+	return $out;
+}
+
+/**
+ * Release the locks of several emails in one query.
+ *
+ * @param string[] $emails Email addresses.
+ * @return void
+ */
+function wpsb_release_locks( array $emails ) {
+	global $wpdb;
+	if ( ! $emails ) {
+		return;
+	}
+	$calls = implode( ', ', array_fill( 0, count( $emails ), "RELEASE_LOCK(CONCAT('wpsb:', MD5(%s)))" ) );
+	$wpdb->query( $wpdb->prepare( "SELECT $calls", array_map( 'wpsb_normalize_email', array_values( $emails ) ) ) ); // phpcs:ignore WordPress.DB.PreparedSQL.InterpolatedNotPrepared
 }
 
 /**
@@ -1246,6 +1306,13 @@ function wpsb_op_status( array $args ) {
 		'api_version'       => WPSB_API_VERSION,
 		'wordpress_version' => get_bloginfo( 'version' ),
 		'php_version'       => PHP_VERSION,
+		/**
+		 * Filters the optional features the plugin advertises (a site may turn the batch off).
+		 *
+		 * @param string[] $features Feature names.
+		 */
+		'features'          => array_values( (array) apply_filters( 'wpsb_features', WPSB_FEATURES ) ),
+		'batch'             => array( 'max_items' => WPSB_BATCH_MAX_ITEMS ),
 		'caller'            => wpsb_caller_summary( wp_get_current_user() ),
 		'policy'            => array(
 			'bridge_role'              => WPSB_Bridge_Role::SLUG,
@@ -1772,14 +1839,19 @@ function wpsb_create_user( array $a ) {
 		}
 	}
 	// wp_insert_user() expects slashed data, as core's REST controller passes it.
-	$user_id = wp_insert_user( wp_slash( $userdata ) );
-	if ( is_wp_error( $user_id ) ) {
-		return wpsb_wrap_user_error( $user_id, 'wpsb_create_failed' );
+	WPSB_Meta_Cache::follow_new( true );
+	try {
+		$user_id = wp_insert_user( wp_slash( $userdata ) );
+		if ( is_wp_error( $user_id ) ) {
+			return wpsb_wrap_user_error( $user_id, 'wpsb_create_failed' );
+		}
+		if ( null !== $a['request_id'] ) {
+			add_user_meta( $user_id, WPSB_REQUEST_ID_META, wp_slash( $a['request_id'] ) );
+		}
+		wpsb_apply_meta( $user_id, $a, $changed );
+	} finally {
+		WPSB_Meta_Cache::stop();
 	}
-	if ( null !== $a['request_id'] ) {
-		update_user_meta( $user_id, WPSB_REQUEST_ID_META, wp_slash( $a['request_id'] ) );
-	}
-	wpsb_apply_meta( $user_id, $a, $changed );
 	if ( $a['send_notification'] ) {
 		wp_new_user_notification( $user_id, null, 'user' );
 	}
@@ -1819,6 +1891,23 @@ function wpsb_update_user( WP_User $user, $matched_by, array $a ) {
 	if ( is_wp_error( $auth ) ) {
 		return wpsb_forbidden_as( $auth, 'edit_users' );
 	}
+	WPSB_Meta_Cache::follow( $user->ID );
+	try {
+		return wpsb_update_followed( $user, $matched_by, $a );
+	} finally {
+		WPSB_Meta_Cache::stop();
+	}
+}
+
+/**
+ * wpsb_update_user() once the user's meta is followed (WPSB_Meta_Cache).
+ *
+ * @param WP_User $user       User found.
+ * @param string  $matched_by contact_id|email.
+ * @param array   $a          Parsed arguments.
+ * @return array|WP_Error
+ */
+function wpsb_update_followed( WP_User $user, $matched_by, array $a ) {
 	$replayed = null !== $a['request_id']
 		&& (string) get_user_meta( $user->ID, WPSB_REQUEST_ID_META, true ) === $a['request_id'];
 	$warnings = array();
@@ -1972,6 +2061,586 @@ function wpsb_role_change( WP_User $user, array $a, array &$warnings ) {
 
 /*
  * ---------------------------------------------------------------------------------------------
+ * Meta cache kept in step with the plugin's own writes
+ *
+ * Each update_user_meta() deletes the user's whole meta cache, and the next meta call reads all
+ * of the user's meta again: a create read it 19 times (wp_insert_user()'s own keys, then the
+ * plugin's). While the plugin writes a user (wpsb_create_user(), wpsb_update_user()) it follows
+ * that user: after each write through the meta API it puts back the cache as the database now
+ * holds it, so the meta is read at most once per user and item.
+ * ---------------------------------------------------------------------------------------------
+ */
+
+/**
+ * Follows users' meta during the plugin's writes (see above). Every write through the meta API
+ * fires an added/updated/deleted action after deleting the cache; the matching handler here
+ * runs first and sets the cache to the followed copy with that write applied. Anything it cannot
+ * reproduce exactly (a delete, several rows under one key, a float or null value, text that is
+ * not valid UTF-8) stops following the user, and the next read loads the meta from the database
+ * as it would have. Meta written with raw SQL is not seen (as anywhere in WordPress's cache).
+ */
+final class WPSB_Meta_Cache {
+
+	/** @var array<int, array> User ID => meta as update_meta_cache() caches it (key => raw values). */
+	private static $followed = array();
+
+	/** @var bool Whether the user wp_insert_user() is about to create is to be followed. */
+	private static $follow_new = false;
+
+	/**
+	 * Hook the handlers (once, at load).
+	 *
+	 * @return void
+	 */
+	public static function register() {
+		add_action( 'added_user_meta', array( __CLASS__, 'added' ), PHP_INT_MIN, 4 );
+		add_action( 'updated_user_meta', array( __CLASS__, 'updated' ), PHP_INT_MIN, 4 );
+		add_action( 'deleted_user_meta', array( __CLASS__, 'deleted' ), PHP_INT_MIN, 2 );
+		add_filter( 'insert_user_meta', array( __CLASS__, 'inserting' ), PHP_INT_MIN, 3 );
+		add_filter( 'update_user_metadata', array( __CLASS__, 'add_if_absent' ), PHP_INT_MAX, 4 );
+	}
+
+	/**
+	 * Follow a user from now on (their meta loaded once if it is not cached).
+	 *
+	 * @param int $user_id User ID.
+	 * @return void
+	 */
+	public static function follow( $user_id ) {
+		$user_id = (int) $user_id;
+		$cached  = wp_cache_get( $user_id, 'user_meta' );
+		if ( ! is_array( $cached ) ) {
+			update_meta_cache( 'user', array( $user_id ) );
+			$cached = wp_cache_get( $user_id, 'user_meta' );
+		}
+		self::$followed[ $user_id ] = is_array( $cached ) ? $cached : array();
+	}
+
+	/**
+	 * Follow the user the next wp_insert_user() creates.
+	 *
+	 * @param bool $on Whether to.
+	 * @return void
+	 */
+	public static function follow_new( $on ) {
+		self::$follow_new = (bool) $on;
+	}
+
+	/**
+	 * Stop following one user, or everyone.
+	 *
+	 * @param int|null $user_id User ID; null for all.
+	 * @return void
+	 */
+	public static function stop( $user_id = null ) {
+		if ( null === $user_id ) {
+			self::$followed   = array();
+			self::$follow_new = false;
+			return;
+		}
+		unset( self::$followed[ (int) $user_id ] );
+	}
+
+	/**
+	 * Whether a followed user has no meta under $key (unknown users: false).
+	 *
+	 * @param int    $user_id User ID.
+	 * @param string $key     Meta key.
+	 * @return bool
+	 */
+	public static function known_absent( $user_id, $key ) {
+		if ( ! isset( self::$followed[ (int) $user_id ] ) ) {
+			return false;
+		}
+		// As MySQL compares keys: a row under "First_Name" is the row of "first_name" there.
+		$wanted = WPSB_Meta_Keys::mysql_form( $key );
+		foreach ( array_keys( self::$followed[ (int) $user_id ] ) as $have ) {
+			if ( WPSB_Meta_Keys::mysql_form( (string) $have ) === $wanted ) {
+				return false;
+			}
+		}
+		return true;
+	}
+
+	/**
+	 * insert_user_meta filter: a user wp_insert_user() just created has no meta yet.
+	 *
+	 * @param array   $meta   Meta about to be written.
+	 * @param WP_User $user   User.
+	 * @param bool    $update Whether an existing user is updated.
+	 * @return array
+	 */
+	public static function inserting( $meta, $user, $update ) {
+		if ( self::$follow_new && ! $update && $user instanceof WP_User ) {
+			self::$follow_new = false;
+			self::follow( $user->ID );
+		}
+		if ( $user instanceof WP_User && isset( self::$followed[ (int) $user->ID ] ) && is_array( $meta ) ) {
+			// As the database gives them back: use_ssl is passed as the integer 0, which is never
+			// identical to the stored "0", so every wp_update_user() wrote it again unchanged.
+			foreach ( $meta as $key => $value ) {
+				if ( is_int( $value ) || is_bool( $value ) ) {
+					$meta[ $key ] = self::stored_form( $value );
+				}
+			}
+		}
+		return $meta;
+	}
+
+	/**
+	 * update_user_metadata filter: for a key a followed user does not have, add the row at once,
+	 * as update_metadata() itself would after looking for existing rows (one query fewer per key).
+	 *
+	 * @param null|bool $check   Null unless another filter decided.
+	 * @param int       $user_id User ID.
+	 * @param string    $key     Meta key (unslashed).
+	 * @param mixed     $value   Value (unslashed, sanitised).
+	 * @return null|int|false Null: let update_metadata() go on; else add_metadata()'s result.
+	 */
+	public static function add_if_absent( $check, $user_id, $key, $value ) {
+		if ( null !== $check || ! self::known_absent( $user_id, $key ) ) {
+			return $check;
+		}
+		// add_metadata() unslashes (and sanitises) again, as update_metadata() passes it the raw value.
+		return add_metadata( 'user', (int) $user_id, wp_slash( $key ), wp_slash( $value ) );
+	}
+
+	/**
+	 * added_user_meta action: one row more.
+	 *
+	 * @param int    $meta_id Meta ID.
+	 * @param int    $user_id User ID.
+	 * @param string $key     Meta key.
+	 * @param mixed  $value   Value (unslashed, not serialised).
+	 * @return void
+	 */
+	public static function added( $meta_id, $user_id, $key, $value ) {
+		$user_id = (int) $user_id;
+		if ( isset( self::$followed[ $user_id ] ) ) {
+			self::apply( $user_id, $key, $value, true );
+		}
+	}
+
+	/**
+	 * updated_user_meta action (once per row updated).
+	 *
+	 * @param int    $meta_id Meta ID.
+	 * @param int    $user_id User ID.
+	 * @param string $key     Meta key.
+	 * @param mixed  $value   Value (unslashed, not serialised).
+	 * @return void
+	 */
+	public static function updated( $meta_id, $user_id, $key, $value ) {
+		$user_id = (int) $user_id;
+		if ( isset( self::$followed[ $user_id ] ) ) {
+			self::apply( $user_id, $key, $value, false );
+		}
+	}
+
+	/**
+	 * deleted_user_meta action: stop following (which rows went is not known here).
+	 *
+	 * @param mixed $meta_ids Meta IDs.
+	 * @param int   $user_id  User ID.
+	 * @return void
+	 */
+	public static function deleted( $meta_ids, $user_id ) {
+		self::stop( $user_id );
+	}
+
+	/**
+	 * Apply one write to the followed copy and put it in the cache, or stop following.
+	 *
+	 * @param int    $user_id User ID.
+	 * @param string $key     Meta key.
+	 * @param mixed  $value   Value written.
+	 * @param bool   $added   A new row (else an update of the only row).
+	 * @return void
+	 */
+	private static function apply( $user_id, $key, $value, $added ) {
+		$raw  = self::stored_form( $value );
+		$rows = self::$followed[ $user_id ][ $key ] ?? array();
+		if ( null === $raw || ( ! $added && 1 !== count( $rows ) ) ) {
+			self::stop( $user_id );
+			return;
+		}
+		self::$followed[ $user_id ][ $key ] = $added ? array_merge( $rows, array( $raw ) ) : array( $raw );
+		wp_cache_set( $user_id, self::$followed[ $user_id ], 'user_meta' );
+	}
+
+	/**
+	 * The value as the database gives it back (what update_meta_cache() would cache), or null
+	 * when that is not certain.
+	 *
+	 * @param mixed $value Value written.
+	 * @return string|null
+	 */
+	private static function stored_form( $value ) {
+		if ( null === $value || is_float( $value ) || is_resource( $value ) ) {
+			return null;
+		}
+		$stored = maybe_serialize( $value );
+		if ( is_bool( $stored ) ) {
+			return $stored ? '1' : '';
+		}
+		$stored = (string) $stored;
+		return wp_check_invalid_utf8( $stored ) === $stored ? $stored : null;
+	}
+}
+
+WPSB_Meta_Cache::register();
+
+/*
+ * ---------------------------------------------------------------------------------------------
+ * Batch upsert: many users in one request, one transaction where safe
+ *
+ * One request per user pays WordPress's bootstrap (9-11 ms CPU here) every time, and each
+ * autocommitted write its own log flush; a batch pays them once (measurements:
+ * ../shared/reference/wordpress-throughput.md). Every item goes through the single upsert's own
+ * code (wpsb_upsert_locked()), so each security rule holds for it unchanged.
+ * ---------------------------------------------------------------------------------------------
+ */
+
+/**
+ * Runs one batch: the items' email locks are taken (in a fixed order, so two batches cannot wait
+ * on each other) and held until after COMMIT; the items run in one READ COMMITTED transaction
+ * (under REPEATABLE READ a batch would not see a user another batch committed after it began,
+ * and create a duplicate). Mails are held until the COMMIT, so no mail names a user that a
+ * rollback undid. On any database error or PHP failure the transaction is rolled back and the
+ * items run again one by one, each on its own as the single upsert does: one bad item never
+ * loses the others.
+ */
+final class WPSB_Upsert_Batch {
+
+	/** @var array<int, array|WP_Error> Parsed arguments (or the item's error), by position. */
+	private $items = array();
+
+	/** @var string How the items ran: transaction or per_item. */
+	public $mode = 'transaction';
+
+	/** @var int[] Users created or changed in the transaction (their caches are dropped on rollback). */
+	private $touched = array();
+
+	/** @var int Database errors recorded before the transaction began (wpdb::print_error()). */
+	private $errors_before = 0;
+
+	/** @var bool Whether a database error ended the transaction (later queries are not run). */
+	private $failed = false;
+
+	/**
+	 * Parse every item.
+	 *
+	 * @param array $items Raw upsert arguments, one array per user.
+	 */
+	public function __construct( array $items ) {
+		foreach ( array_values( $items ) as $i => $item ) {
+			if ( ! is_array( $item ) || ( array() !== $item && wp_is_numeric_array( $item ) ) ) {
+				$this->items[ $i ] = wpsb_invalid_arg( "users[$i]", 'must be an object of upsert arguments.' );
+				continue;
+			}
+			$this->items[ $i ] = wpsb_parse_upsert_args( $item );
+		}
+	}
+
+	/**
+	 * Lock, run, unlock.
+	 *
+	 * @return array Per item, in order: the single upsert's answer, or {outcome: refused, error}.
+	 */
+	public function run() {
+		$results = array();
+		$locked  = $this->lock( $results );
+		try {
+			$pending = array_diff_key( $this->items, $results );
+			$done    = $pending ? $this->in_transaction( $pending ) : array();
+			if ( null === $done ) {
+				$this->mode = 'per_item';
+				$done       = $this->one_by_one( $pending );
+			}
+			$results += $done;
+		} finally {
+			wpsb_release_locks( $locked );
+		}
+		ksort( $results );
+		return array_values( array_map( 'wpsb_batch_item_answer', $results ) );
+	}
+
+	/**
+	 * Take each distinct email's lock once, in sorted order. An item whose arguments are invalid,
+	 * or whose lock is not granted in time, gets its error here.
+	 *
+	 * @param array $results Collects those items' errors.
+	 * @return string[] The emails locked.
+	 */
+	private function lock( array &$results ) {
+		$by_email = array();
+		foreach ( $this->items as $i => $a ) {
+			if ( is_wp_error( $a ) ) {
+				$results[ $i ] = $a;
+				continue;
+			}
+			$by_email[ wpsb_normalize_email( $a['email'] ) ][] = $i;
+		}
+		ksort( $by_email, SORT_STRING );
+		$locked = array();
+		foreach ( wpsb_acquire_locks( array_map( 'strval', array_keys( $by_email ) ) ) as $email => $got ) {
+			if ( is_wp_error( $got ) ) {
+				foreach ( $by_email[ $email ] as $i ) {
+					$results[ $i ] = $got;
+				}
+				continue;
+			}
+			$locked[] = $email;
+		}
+		return $locked;
+	}
+
+	/**
+	 * All items in one transaction; null when it had to be rolled back.
+	 *
+	 * @param array $pending Position => parsed arguments.
+	 * @return array|null Position => answer or WP_Error.
+	 */
+	private function in_transaction( array $pending ) {
+		global $wpdb, $EZSQL_ERROR;
+		$this->errors_before = is_array( $EZSQL_ERROR ) ? count( $EZSQL_ERROR ) : 0;
+		$this->failed        = false;
+		$this->touched       = array();
+		// SET TRANSACTION (without SESSION) applies to the next transaction only.
+		$wpdb->query( 'SET TRANSACTION ISOLATION LEVEL READ COMMITTED' );
+		$wpdb->query( 'START TRANSACTION' );
+		add_filter( 'query', array( $this, 'guard_query' ), PHP_INT_MAX );
+		add_action( 'user_register', array( $this, 'touch' ), PHP_INT_MIN );
+		// Counting users after each create gives the same count as counting once after COMMIT.
+		$counts = remove_action( 'user_register', 'wp_maybe_update_user_counts', 10 );
+		WPSB_Mail_Hold::start();
+		$done = array();
+		try {
+			foreach ( $pending as $i => $a ) {
+				$done[ $i ] = wpsb_upsert_locked( $a );
+				if ( ! is_wp_error( $done[ $i ] ) && $done[ $i ]['user_id'] ) {
+					$this->touched[] = (int) $done[ $i ]['user_id'];
+				}
+				if ( $this->db_failed() ) {
+					break;
+				}
+			}
+		} catch ( Throwable $e ) {
+			$this->failed = true; // The item may have stopped half-way: run them one by one.
+		}
+		remove_filter( 'query', array( $this, 'guard_query' ), PHP_INT_MAX );
+		remove_action( 'user_register', array( $this, 'touch' ), PHP_INT_MIN );
+		if ( $counts ) {
+			add_action( 'user_register', 'wp_maybe_update_user_counts', 10, 0 );
+		}
+		WPSB_Meta_Cache::stop();
+		if ( $this->db_failed() || false === $wpdb->query( 'COMMIT' ) || $this->db_failed() ) {
+			$wpdb->query( 'ROLLBACK' );
+			WPSB_Mail_Hold::discard();
+			foreach ( array_unique( $this->touched ) as $user_id ) {
+				clean_user_cache( $user_id );
+				wp_cache_delete( $user_id, 'user_meta' );
+			}
+			return null;
+		}
+		WPSB_Mail_Hold::send();
+		if ( $counts && in_array( true, wp_list_pluck( array_filter( $done, 'is_array' ), 'created' ), true ) ) {
+			wp_maybe_update_user_counts();
+		}
+		return $done;
+	}
+
+	/**
+	 * Each item on its own, as the single upsert runs it (the locks are still held).
+	 *
+	 * @param array $pending Position => parsed arguments.
+	 * @return array Position => answer or WP_Error.
+	 */
+	private function one_by_one( array $pending ) {
+		$done = array();
+		foreach ( $pending as $i => $a ) {
+			try {
+				$done[ $i ] = wpsb_upsert_locked( $a );
+			} catch ( Throwable $e ) {
+				WPSB_Meta_Cache::stop();
+				$done[ $i ] = new WP_Error( 'wpsb_item_failed', 'The item failed inside WordPress.', array( 'status' => 500 ) );
+			}
+		}
+		return $done;
+	}
+
+	/**
+	 * Whether a database error happened since the transaction began.
+	 *
+	 * @return bool
+	 */
+	private function db_failed() {
+		global $EZSQL_ERROR;
+		if ( ! $this->failed && is_array( $EZSQL_ERROR ) && count( $EZSQL_ERROR ) > $this->errors_before ) {
+			$this->failed = true;
+		}
+		return $this->failed;
+	}
+
+	/**
+	 * query filter while the transaction runs: after a database error, run nothing more. A
+	 * deadlock has already rolled the transaction back, and what followed would be autocommitted.
+	 *
+	 * @param string $query SQL.
+	 * @return string
+	 */
+	public function guard_query( $query ) {
+		return $this->db_failed() ? '' : $query;
+	}
+
+	/**
+	 * user_register action: remember a user the transaction created.
+	 *
+	 * @param int $user_id User ID.
+	 * @return void
+	 */
+	public function touch( $user_id ) {
+		$this->touched[] = (int) $user_id;
+	}
+}
+
+/**
+ * The answer for one item of a batch: the single upsert's answer, or the error it would have
+ * answered, as {outcome: refused, error: {code, message, data}} (data.status: its HTTP status).
+ *
+ * @param array|WP_Error $result Result.
+ * @return array
+ */
+function wpsb_batch_item_answer( $result ) {
+	if ( ! is_wp_error( $result ) ) {
+		return $result;
+	}
+	$data = $result->get_error_data();
+	return array(
+		'outcome' => 'refused',
+		'error'   => array(
+			'code'    => (string) $result->get_error_code(),
+			'message' => $result->get_error_message(),
+			'data'    => (object) ( is_array( $data ) ? $data : array( 'status' => 500 ) ),
+		),
+	);
+}
+
+/**
+ * Mails held while a batch's transaction runs, sent after its COMMIT, dropped on rollback.
+ * The arguments are caught as wp_mail() was called (wp_mail filter, first), so that sending
+ * them later runs the site's mail filters once, as a direct call would.
+ */
+final class WPSB_Mail_Hold {
+
+	/** @var array[]|null Held wp_mail() arguments; null when not holding. */
+	private static $held = null;
+
+	/** @var array|null The arguments of the wp_mail() call in progress. */
+	private static $current = null;
+
+	/**
+	 * Start holding.
+	 *
+	 * @return void
+	 */
+	public static function start() {
+		self::$held = array();
+		add_filter( 'wp_mail', array( __CLASS__, 'remember' ), PHP_INT_MIN );
+		add_filter( 'pre_wp_mail', array( __CLASS__, 'hold' ), PHP_INT_MIN, 2 );
+	}
+
+	/**
+	 * wp_mail filter: the call's own arguments, before other filters change them.
+	 *
+	 * @param array $atts to, subject, message, headers, attachments.
+	 * @return array
+	 */
+	public static function remember( $atts ) {
+		self::$current = $atts;
+		return $atts;
+	}
+
+	/**
+	 * pre_wp_mail filter: keep the mail for later and report it as sent.
+	 *
+	 * @param null|bool $return Null.
+	 * @param array     $atts   Filtered arguments.
+	 * @return null|bool
+	 */
+	public static function hold( $return, $atts ) {
+		if ( null === self::$held ) {
+			return $return;
+		}
+		self::$held[]  = self::$current ?? $atts;
+		self::$current = null;
+		return true;
+	}
+
+	/**
+	 * Stop holding; send what was held.
+	 *
+	 * @return void
+	 */
+	public static function send() {
+		$held = self::stop();
+		foreach ( $held as $atts ) {
+			wp_mail( $atts['to'], $atts['subject'], $atts['message'], $atts['headers'] ?? '', $atts['attachments'] ?? array() );
+		}
+	}
+
+	/**
+	 * Stop holding; drop what was held (its transaction was rolled back).
+	 *
+	 * @return void
+	 */
+	public static function discard() {
+		self::stop();
+	}
+
+	/**
+	 * Stop holding.
+	 *
+	 * @return array[] What was held.
+	 */
+	private static function stop() {
+		$held          = (array) self::$held;
+		self::$held    = null;
+		self::$current = null;
+		remove_filter( 'wp_mail', array( __CLASS__, 'remember' ), PHP_INT_MIN );
+		remove_filter( 'pre_wp_mail', array( __CLASS__, 'hold' ), PHP_INT_MIN );
+		return $held;
+	}
+}
+
+/**
+ * Upsert many users: each item as wpsb_op_upsert_user() would, in one transaction where safe.
+ *
+ * @param array $args users: a list of upsert arguments (at most WPSB_BATCH_MAX_ITEMS).
+ * @return array|WP_Error {results: [answer|{outcome: refused, error}], mode: transaction|per_item}
+ */
+function wpsb_op_upsert_users( array $args ) {
+	$auth = wpsb_authorize( array( 'list_users' ) );
+	if ( is_wp_error( $auth ) ) {
+		return $auth;
+	}
+	$users = $args['users'] ?? null;
+	if ( ! is_array( $users ) || ( array() !== $users && ! wp_is_numeric_array( $users ) ) ) {
+		return wpsb_invalid_arg( 'users', 'must be a list of upsert argument objects.' );
+	}
+	if ( count( $users ) > WPSB_BATCH_MAX_ITEMS ) {
+		return wpsb_invalid_arg( 'users', sprintf( 'at most %d users per request.', WPSB_BATCH_MAX_ITEMS ) );
+	}
+	$batch   = new WPSB_Upsert_Batch( $users );
+	$results = $batch->run();
+	return array(
+		'results' => $results,
+		'mode'    => $batch->mode,
+	);
+}
+
+/*
+ * ---------------------------------------------------------------------------------------------
  * REST adaptor
  * ---------------------------------------------------------------------------------------------
  */
@@ -2087,6 +2756,16 @@ function wpsb_xmlrpc_lookup_user( $params ) {
  */
 function wpsb_xmlrpc_upsert_user( $params ) {
 	return wpsb_xmlrpc_call( 'upsert', 'wpsb.upsertUser', $params );
+}
+
+/**
+ * XML-RPC wpsb.upsertUsers(blog_id, username, password, struct {users: [struct, ...]}).
+ *
+ * @param array $params Parameters.
+ * @return array|IXR_Error
+ */
+function wpsb_xmlrpc_upsert_users( $params ) {
+	return wpsb_xmlrpc_call( 'upsert_batch', 'wpsb.upsertUsers', $params );
 }
 
 /**

@@ -7,17 +7,21 @@ the tests run the same suite against both.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
 
-from bridge.clients.http import basic_auth, redacting, retrying, send
+from bridge.clients.http import basic_auth, read_response, redacting, retrying, send
+from bridge.errors import RemoteError, Transient
 from bridge.settings import Settings
 
 # 2: the plugin skips privileged users (outcome skipped_privileged) and refuses protected meta and
 # roles the caller cannot grant (wordpress/SECURITY.md); a bridge of this version needs that plugin.
 API_VERSION = 2
+# An optional capability of plugin 2.1 (``features`` in status): many upserts in one request.
+BATCH_FEATURE = "upsert_batch"
 
 
 @dataclass
@@ -77,6 +81,38 @@ class UpsertResult:
         )
 
 
+def batch_limit(status: dict[str, Any]) -> int:
+    """How many upserts one batch request may carry, from the plugin's status (0: no batch)."""
+    if BATCH_FEATURE not in (status.get("features") or []):
+        return 0
+    try:
+        return max(0, int((status.get("batch") or {}).get("max_items", 0)))
+    except (TypeError, ValueError):
+        return 0
+
+
+def read_batch(service: str, data: Any, sent: int) -> list[UpsertResult | RemoteError]:
+    """The per-item answers of a batch upsert, in the order sent: a result, or the typed error the
+    single upsert would have raised for that item (read by ``read_response``, as any answer)."""
+    items = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(items, list) or len(items) != sent:
+        raise Transient(service, f"a batch of {sent} answered {len(items) if isinstance(items, list) else 'no'} results")
+    out: list[UpsertResult | RemoteError] = []
+    for item in items:
+        error = item.get("error") if isinstance(item, dict) else None
+        if not isinstance(error, dict):
+            out.append(UpsertResult.from_json(item if isinstance(item, dict) else {}))
+            continue
+        body = {"code": error.get("code"), "message": error.get("message", ""), "data": error.get("data") or {}}
+        status = (error.get("data") or {}).get("status") or 500
+        try:
+            read_response(service, int(status), {}, json.dumps(body).encode())
+            out.append(Transient(service, f"an item refused with status {status}"))  # a 2xx refusal: none known
+        except RemoteError as exc:
+            out.append(exc)
+    return out
+
+
 class WordPress(Protocol):
     """What the bridge needs from WordPress."""
 
@@ -86,6 +122,7 @@ class WordPress(Protocol):
                      contact_id_key: str | None = None, tags_key: str | None = None,
                      meta_keys: list[str] | None = None) -> dict[str, Any] | None: ...
     async def upsert(self, request: UpsertRequest) -> UpsertResult: ...
+    async def upsert_batch(self, requests: list[UpsertRequest]) -> list[UpsertResult | RemoteError]: ...
     async def delete(self, args: dict[str, Any]) -> dict[str, Any]: ...
     async def close(self) -> None: ...
 
@@ -142,6 +179,12 @@ class RestWordPress:
         """Create or update the user (serialised per email inside WordPress)."""
         return UpsertResult.from_json(await self._call("POST", "users/upsert", redact=(request.password,),
                                                        json=request.as_args()))
+
+    async def upsert_batch(self, requests: list[UpsertRequest]) -> list[UpsertResult | RemoteError]:
+        """Upsert several users in one request (plugin feature ``upsert_batch``): per item a result
+        or a typed error; raises for the request as a whole (credentials, transport)."""
+        data = await self._call("POST", "users/upsert-batch", json={"users": [r.as_args() for r in requests]})
+        return read_batch(self.service, data, len(requests))
 
     async def delete(self, args: dict[str, Any]) -> dict[str, Any]:
         """Remove the user's roles or delete the user (``policy``); administrators are never touched."""

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bridge.clients.http import redacting, retrying
-from bridge.clients.wordpress import UpsertRequest, UpsertResult, _roles
-from bridge.errors import AuthFailed, NotFound, Permanent, RateLimited, Transient
+from bridge.clients.wordpress import UpsertRequest, UpsertResult, _roles, read_batch
+from bridge.errors import AuthFailed, NotFound, Permanent, RateLimited, RemoteError, Transient
 from bridge.settings import Settings
 
 if not hasattr(collections, "Iterable"):
@@ -46,6 +46,11 @@ class _Lookup(AuthenticatedMethod):
 
 class _Upsert(AuthenticatedMethod):
     method_name = "wpsb.upsertUser"
+    method_args = ("args",)
+
+
+class _UpsertBatch(AuthenticatedMethod):
+    method_name = "wpsb.upsertUsers"
     method_args = ("args",)
 
 
@@ -155,6 +160,11 @@ class XmlRpcWordPress:
 
     async def upsert(self, request: UpsertRequest) -> UpsertResult:
         return UpsertResult.from_json(await self._call(_Upsert(request.as_args()), redact=(request.password,)))
+
+    async def upsert_batch(self, requests: list[UpsertRequest]) -> list[UpsertResult | RemoteError]:
+        """Several upserts in one call (``wpsb.upsertUsers``); per item a result or a typed error."""
+        data = await self._call(_UpsertBatch({"users": [r.as_args() for r in requests]}))
+        return read_batch(SERVICE, data, len(requests))
 
     async def delete(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self._call(_Delete({k: v for k, v in args.items() if v is not None}))

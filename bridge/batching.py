@@ -1,0 +1,174 @@
+"""Upserts of concurrently running jobs, sent to WordPress as one batch request (plugin feature
+``upsert_batch``, issue 13): WordPress's bootstrap and its log flushes are paid per request, so
+many users per request is what lifts the bridge past WordPress's own one-request-per-user rate.
+
+Each job still runs on its own (planned by ``bridge.core.plan``, fenced, finished or retried by
+the worker); only its one upsert call goes through here, and it gets back its own result or its
+own typed error. Batches form like group commits: while every request slot is busy, upserts
+wait and go together in the next request. With a slot free, an upsert goes at once unless
+other running jobs are still on their way to theirs; then it waits for them at most
+``worker.batch_linger_s``. So a lone job is never held back, and idle latency does not grow.
+
+A plugin that does not advertise the feature (or ``worker.batch_size = 1``) gets single upserts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+import structlog
+
+from bridge.clients.wordpress import UpsertRequest, UpsertResult, WordPress, batch_limit
+from bridge.errors import RemoteError
+from bridge.tasks import TaskGroup
+
+log = structlog.get_logger("bridge.batching")
+# How long the plugin's answer about its batch feature is trusted (an upgrade or a downgrade of
+# the plugin is noticed within this time).
+FEATURE_TTL_S = 300.0
+# After a failed status request, single upserts for this long before asking again (no extra
+# request per job while WordPress is unreachable).
+STATUS_RETRY_S = 10.0
+
+
+class UpsertBatcher:
+    """Gathers upserts into batch requests, at most ``max_in_flight`` requests at a time.
+
+    ``wordpress``: the current client (a reload may replace it). ``waiting_jobs``: how many
+    running jobs have not reached their upsert yet (a hint: only decides whether to linger).
+    """
+
+    def __init__(self, wordpress: Callable[[], WordPress], size: int, linger_s: float, max_in_flight: int,
+                 waiting_jobs: Callable[[], int] = lambda: 0, on_batch: Callable[[int], None] = lambda n: None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._wordpress = wordpress
+        self._size = size
+        self._linger_s = linger_s
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._waiting_jobs = waiting_jobs
+        self._on_batch = on_batch
+        self._monotonic = monotonic
+        self._pending: list[tuple[UpsertRequest, asyncio.Future]] = []
+        self._arrived = asyncio.Event()
+        self._limit: int | None = None
+        self._limit_at = 0.0
+        self._status_failed_at: float | None = None
+        self._limit_lock = asyncio.Lock()
+        self._tasks = TaskGroup()
+        self._flushing = False
+        self.submitted = 0  # upserts handed to a request (pending or in flight), for waiting_jobs
+
+    @property
+    def batch_size(self) -> int:
+        """Upserts per request as far as known: 1 until the plugin said it takes batches."""
+        return min(self._size, self._limit or 1)
+
+    async def _batch_size_now(self) -> int:
+        """The size, asking the plugin's status when the last answer is too old."""
+        if self._size <= 1:
+            return 1
+        if self._status_failed_at is not None and self._monotonic() - self._status_failed_at < STATUS_RETRY_S:
+            return self.batch_size
+        if self._limit is None or self._monotonic() - self._limit_at > FEATURE_TTL_S:
+            async with self._limit_lock:
+                if self._limit is None or self._monotonic() - self._limit_at > FEATURE_TTL_S:
+                    try:
+                        self._limit = batch_limit(await self._wordpress().status())
+                    except Exception as exc:  # WordPress unreachable: single upserts, which say why
+                        self._status_failed_at = self._monotonic()
+                        log.info("batching.status_failed", error=f"{type(exc).__name__}: {exc}")
+                        return self.batch_size
+                    self._status_failed_at = None
+                    self._limit_at = self._monotonic()
+                    log.info("batching.plugin", batch_limit=self._limit, batch_size=self.batch_size)
+        return self.batch_size
+
+    async def upsert(self, request: UpsertRequest) -> UpsertResult:
+        """This upsert's result, sent alone or in a batch; raises its own typed error."""
+        if await self._batch_size_now() <= 1:
+            return await self._wordpress().upsert(request)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        self.submitted += 1
+        self._arrived.set()
+        if not self._flushing:
+            self._flushing = True
+            self._tasks.spawn(self._flush(), "batching.flush")
+        try:
+            return await future
+        finally:
+            self.submitted -= 1
+
+    async def _flush(self) -> None:
+        """Send what is pending, batch after batch, until nothing is."""
+        try:
+            while self._pending:
+                await self._slots.acquire()
+                try:
+                    await self._linger()
+                    batch = self._take()
+                except BaseException:
+                    self._slots.release()
+                    raise
+                if batch:
+                    self._tasks.spawn(self._send(batch), "batching.send")
+                else:
+                    self._slots.release()
+        finally:
+            self._flushing = False
+            if self._pending:  # arrived while the loop was ending
+                self._flushing = True
+                self._tasks.spawn(self._flush(), "batching.flush")
+
+    async def _linger(self) -> None:
+        """Wait (up to linger_s) for running jobs still on their way, unless the batch is full."""
+        deadline = self._monotonic() + self._linger_s
+        while len(self._pending) < self.batch_size and self._waiting_jobs() > 0:
+            left_s = deadline - self._monotonic()
+            if left_s <= 0:
+                return
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(left_s):
+                    await self._arrived.wait()
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[tuple[UpsertRequest, asyncio.Future]]:
+        """The next batch, skipping upserts whose job gave up waiting (cancelled)."""
+        live = [(r, f) for r, f in self._pending if not f.done()]
+        batch, self._pending = live[: self.batch_size], live[self.batch_size:]
+        return batch
+
+    async def _send(self, batch: list[tuple[UpsertRequest, asyncio.Future]]) -> None:
+        """One request; each future gets its item's result or error (all the request's error)."""
+        try:
+            if len(batch) == 1:
+                outcomes: list = [await _settle(self._wordpress().upsert(batch[0][0]))]
+            else:
+                self._on_batch(len(batch))
+                answered = await _settle(self._wordpress().upsert_batch([r for r, _ in batch]))
+                outcomes = answered if isinstance(answered, list) else [answered] * len(batch)
+            for (_, future), outcome in zip(batch, outcomes):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        """Cancel what is still being sent (the jobs waiting on it are being cancelled too)."""
+        await self._tasks.cancel()
+
+
+async def _settle(call) -> UpsertResult | list[UpsertResult | RemoteError] | BaseException:
+    """The call's value, or the exception it raised (handed to the waiting jobs)."""
+    try:
+        return await call
+    except Exception as exc:  # each waiting job records it as its own failure
+        return exc

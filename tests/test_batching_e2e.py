@@ -1,0 +1,113 @@
+"""The worker's batching end to end (bridge → plugin batch upsert → real WordPress): upserts of jobs
+of distinct contacts that wait together go as one batch request, while each contact's jobs still
+run one at a time in arrival order and waiting updates still coalesce; one item that fails fails
+only its own job; a plugin that does not advertise the batch gets single upserts."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+
+import pytest
+
+from tests.conftest import bridge_config
+from tests.plugin_actors import Site, link_fault_plugin
+from tests.wp import WordPressProbe
+
+pytestmark = pytest.mark.wordpress
+
+
+def generic_config(tmp_path, wp_stack, fake_crm, **worker):
+    """A connection that takes the contact from the delivery (ID at contact.id), one request slot."""
+    return bridge_config(tmp_path, wp_stack, fake_crm, worker={"concurrency": 1, **worker}, connections={
+        "shop": {"crm": "generic", "fetch_contact": False, "connector": {
+            "contact_id_paths": ["contact.id"], "email_paths": ["contact.email"], "record_path": "contact",
+            "fields": {"email": "user_email", "first_name": "first_name", "last_name": "last_name"},
+            "meta_prefix": "shop"}}})
+
+
+def contact(tag: str, last_name: str = "One", email: str | None = None) -> dict:
+    return {"contact": {"id": f"id-{tag}", "email": email or f"{tag}@example.com", "first_name": "Batch",
+                        "last_name": last_name}, "n": uuid.uuid4().hex}
+
+
+async def batch_counts(b) -> tuple[float, float]:
+    """(batch requests, upserts in them) from /metrics."""
+    async with b.session.get(b.url + "/metrics") as resp:
+        text = await resp.text()
+
+    def value(name: str) -> float:
+        found = re.search(rf"^{name}_total (\S+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    return value("wpsb_wordpress_batches"), value("wpsb_wordpress_batch_items")
+
+
+async def test_waiting_jobs_go_as_one_batch_keeping_order_and_coalescing(tmp_path, wp_stack, fake_crm, start_bridge):
+    """A contact's add then three updates, and ten other contacts' adds, at once: batches are sent,
+    every user is made once, the contact's updates run after its add, coalesced, newest name last."""
+    b = await start_bridge(generic_config(tmp_path, wp_stack, fake_crm))
+    tag = f"ord-{uuid.uuid4().hex[:8]}"
+    first = [await b.send(contact(tag), path="/hooks/shop", wpf_action="add")]
+    for n in (2, 3, 4):
+        first.append(await b.send(contact(tag, f"Update{n}"), path="/hooks/shop", wpf_action="update"))
+    others = [f"{tag}-o{i}" for i in range(10)]
+    rest = await asyncio.gather(*(b.send(contact(o), path="/hooks/shop", wpf_action="add") for o in others))
+    jobs = [await b.wait_job(answer["job_id"]) for _, answer in [*first, *rest]]
+    assert all(j["status"] == "done" for j in jobs), [j["last_error"] for j in jobs]
+
+    add, *updates = jobs[:4]
+    assert add["outcome"]["outcome"] == "created"
+    assert min(u["updated_at"] for u in updates) >= add["updated_at"]  # each contact in arrival order
+    ran = [u for u in updates if u["merged_into"] is None]
+    assert len(ran) < len(updates) and ran[0]["outcome"]["coalesced"]  # the waiting updates ran as one
+    wp = WordPressProbe(wp_stack)
+    [user] = await wp.users_with_email(f"{tag}@example.com")
+    assert user["last_name"] == "Update4"
+    for other in others:
+        assert wp.user_count(f"{other}@example.com") == 1
+    batches, items = await batch_counts(b)
+    assert batches >= 1 and items >= 2 * batches
+
+
+async def test_one_failing_item_fails_only_its_own_job(tmp_path, wp_stack, fake_crm, start_bridge):
+    """In a burst, a contact whose new email belongs to another user (409 wpsb_email_conflict) goes
+    dead; the adds sent with it are all created."""
+    b = await start_bridge(generic_config(tmp_path, wp_stack, fake_crm))
+    tag = f"bad-{uuid.uuid4().hex[:8]}"
+    for who in ("a", "b"):
+        _, answer = await b.send(contact(f"{tag}-{who}"), path="/hooks/shop", wpf_action="add")
+        assert (await b.wait_job(answer["job_id"]))["status"] == "done"
+    taken = f"{tag}-b@example.com"
+    burst = [b.send(contact(f"{tag}-a", email=taken), path="/hooks/shop", wpf_action="update")]
+    burst += [b.send(contact(f"{tag}-ok{i}"), path="/hooks/shop", wpf_action="add") for i in range(8)]
+    answers = await asyncio.gather(*burst)
+    before_batches = await batch_counts(b)
+    jobs = [await b.wait_job(answer["job_id"]) for _, answer in answers]
+    conflict, *good = jobs
+    assert conflict["status"] == "dead" and "wpsb_email_conflict" in conflict["last_error"]
+    assert [j["outcome"]["outcome"] for j in good] == ["created"] * 8
+    wp = WordPressProbe(wp_stack)
+    assert all(wp.user_count(f"{tag}-ok{i}@example.com") == 1 for i in range(8))
+    assert wp.user_count(taken) == 1
+    batches, items = await batch_counts(b)
+    assert items >= 2 and batches >= before_batches[0]
+
+
+async def test_a_plugin_without_the_batch_feature_gets_single_upserts(tmp_path, wp_stack, fake_crm, start_bridge):
+    """When status does not list upsert_batch (a site filtered it out), the same burst is done with
+    single upserts: every user created, no batch request sent."""
+    site = Site(wp_stack)
+    link_fault_plugin(site)
+    site.setup([{"op": "option", "name": "wpsb_test_hide_features", "value": True}])
+    try:
+        b = await start_bridge(generic_config(tmp_path, wp_stack, fake_crm))
+        tag = f"nob-{uuid.uuid4().hex[:8]}"
+        answers = await asyncio.gather(*(b.send(contact(f"{tag}-{i}"), path="/hooks/shop", wpf_action="add")
+                                         for i in range(6)))
+        jobs = [await b.wait_job(answer["job_id"]) for _, answer in answers]
+        assert [j["outcome"]["outcome"] for j in jobs] == ["created"] * 6
+        assert await batch_counts(b) == (0.0, 0.0)
+    finally:
+        site.setup([{"op": "option", "name": "wpsb_test_hide_features", "value": None}])

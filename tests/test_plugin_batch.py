@@ -1,0 +1,147 @@
+"""The plugin's batch upsert (``POST users/upsert-batch`` | ``wpsb.upsertUsers``) on the real test
+WordPress, called by the plugin's least-privilege bridge role over both transports: each item
+gets the single upsert's own answer or typed error, the good items are applied whatever the bad
+ones do, every security rule holds per item, concurrent batches never duplicate an account, a
+database error inside the transaction falls back to one item at a time without losing or
+repeating anything, and a create reads the user's meta at most once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import uuid
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+
+from bridge.clients.http import basic_auth
+from bridge.clients.wordpress import UpsertRequest, UpsertResult, batch_limit
+from bridge.errors import AuthFailed, Permanent
+from tests.plugin_actors import CONTACT_KEY, ROOT, TAGS_KEY, client_for, link_fault_plugin, make_site
+
+pytestmark = pytest.mark.wordpress
+
+QUERY_COUNT_PHP = ROOT / "wordpress" / "test-support" / "wpsb-query-count.php"
+
+
+@pytest.fixture(scope="module")
+def site(wp_stack):
+    site = make_site(wp_stack)
+    link_fault_plugin(site)
+    return site
+
+
+@pytest.fixture(scope="module")
+def people(site):
+    bridge, member, boss = site.new_users([("bbridge", "wpsb_bridge", {"app_password": True}),
+                                           ("member", "subscriber", {}), ("bboss", "administrator", {})])
+    return {"bridge": bridge, "member": member, "boss": boss}
+
+
+def new_email(tag: str) -> str:
+    return f"{tag}-{uuid.uuid4().hex[:10]}@example.com"
+
+
+@pytest.mark.parametrize("transport", ["rest", "xmlrpc"])
+async def test_each_item_gets_its_own_answer_and_the_good_ones_are_applied(site, people, mail_log, transport):
+    """Creates, an update, a privileged user, a protected meta key, an invalid email and a role the
+    bridge may not grant, in one batch by the bridge role: each item answered as alone."""
+    fresh, member, boss = new_email("fresh"), people["member"], people["boss"]
+    boss_before = site.user_state(boss.id)
+    contact = f"cid-{uuid.uuid4().hex[:8]}"
+    requests = [
+        UpsertRequest(email=fresh, first_name="Fresh", meta={"city": "Rome"}, tags=["lead", "vip"], tags_key=TAGS_KEY,
+                      contact_id=contact, contact_id_key=CONTACT_KEY, send_notification=True),
+        UpsertRequest(email=member.email, first_name=f"Renamed-{transport}", create=False),
+        UpsertRequest(email=boss.email, first_name="Pwned", meta={"city": "pwned"}),
+        UpsertRequest(email=new_email("protected"), meta={"wp_capabilities": "a:1:{s:13:\"administrator\";b:1;}"}),
+        UpsertRequest(email="not-an-email"),
+        UpsertRequest(email=(promoted := new_email("promoted")), role="administrator"),
+    ]
+    async with client_for(site, people["bridge"], transport) as wp:
+        assert batch_limit(await wp.status()) == 50
+        created, updated, skipped, protected, invalid, demoted = await wp.upsert_batch(requests)
+
+    assert isinstance(created, UpsertResult) and created.outcome == "created"
+    assert {"meta.city", "tags", "contact_id"} <= set(created.changed)
+    [fresh_id] = site.users_with_email(fresh)
+    assert site.sql(f"SELECT meta_value FROM wp_usermeta WHERE user_id = {fresh_id} AND meta_key = 'city'") == ["Rome"]
+    assert site.sql(f"SELECT contact_id FROM wp_wpsb_contacts WHERE user_id = {fresh_id}") == [contact]
+    assert len(mail_log.to(fresh)) == 1
+    assert (updated.outcome, updated.changed) == ("updated", ["first_name"])
+    assert site.sql(f"SELECT meta_value FROM wp_usermeta WHERE user_id = {member.id} AND meta_key = 'first_name'") \
+        == [f"Renamed-{transport}"]
+    assert skipped.outcome == "skipped_privileged" and skipped.user_id == boss.id
+    assert site.user_state(boss.id) == boss_before
+    assert isinstance(protected, AuthFailed) and protected.code == "wpsb_protected_meta" and protected.status == 403
+    assert isinstance(invalid, Permanent) and invalid.code == "wpsb_invalid_email" and invalid.status == 400
+    assert demoted.outcome == "created" and demoted.role == "subscriber" and demoted.warnings
+    assert site.roles_of(demoted.user_id) == ["subscriber"] and site.users_with_email(promoted)
+
+
+async def test_concurrent_batches_with_the_same_new_emails_make_one_account_each(site, people):
+    """Four batches at once, each the same six new emails in its own order: one account per email,
+    created by exactly one item (the per-email locks are held until after each COMMIT)."""
+    emails = [new_email("race") for _ in range(6)]
+
+    async def batch(wp, order):
+        return await wp.upsert_batch([UpsertRequest(email=e, first_name="Race") for e in order])
+
+    async with client_for(site, people["bridge"], "rest") as wp:
+        orders = [random.sample(emails, len(emails)) for _ in range(4)]
+        answers = await asyncio.gather(*(batch(wp, order) for order in orders))
+    for email in emails:
+        assert len(site.users_with_email(email)) == 1, email
+    outcomes = [(order[i], r.outcome) for order, results in zip(orders, answers) for i, r in enumerate(results)]
+    assert sorted(e for e, o in outcomes if o == "created") == sorted(emails)
+    assert {o for _, o in outcomes} == {"created", "unchanged"}
+
+
+async def test_a_database_error_in_the_transaction_falls_back_to_one_item_at_a_time(site, people, mail_log):
+    """A failing query inside the batch's transaction: rolled back and run item by item, every user
+    made once, the held welcome mail sent once (not for the rolled-back attempt)."""
+    emails = [new_email("fault") for _ in range(3)]
+    users = [{"email": emails[0], "send_notification": True},
+             {"email": emails[1], "meta": {"fault_probe": "db-error"}},
+             {"email": emails[2], "first_name": "After"}]
+    auth = basic_auth(people["bridge"].login, people["bridge"].app_password)
+    url = site.url + "/?rest_route=/wp-sync-bridge/v1/users/upsert-batch"
+    async with aiohttp.ClientSession(headers={"Authorization": auth}) as session:
+        async with session.post(url, json={"users": users}) as resp:
+            assert resp.status == 200, await resp.text()
+            answer = await resp.json()
+        assert answer["mode"] == "per_item"
+        assert [r["outcome"] for r in answer["results"]] == ["created", "created", "created"]
+        for email in emails:
+            assert len(site.users_with_email(email)) == 1
+        assert len(mail_log.to(emails[0])) == 1
+        async with session.post(url, json={"users": [{"email": new_email("plain")}]}) as resp:
+            assert (await resp.json())["mode"] == "transaction"
+
+
+async def test_a_batch_larger_than_the_stated_limit_is_refused_as_a_whole(site, people):
+    """More users than status's batch.max_items: 400 wpsb_invalid_args, nothing created."""
+    emails = [new_email("big") for _ in range(51)]
+    async with client_for(site, people["bridge"], "rest") as wp:
+        with pytest.raises(Permanent) as err:
+            await wp.upsert_batch([UpsertRequest(email=e) for e in emails])
+    assert err.value.code == "wpsb_invalid_args" and err.value.status == 400
+    assert not any(site.users_with_email(e) for e in emails[:3])
+
+
+def test_a_create_reads_the_users_meta_at_most_once(site):
+    """Meta, tags and the contact ID are written without re-reading the user's whole meta per key
+    (each update_user_meta clears the cache): one read per created user, none per update."""
+    port = str(urlsplit(site.url).port)
+    out = subprocess.run(["php", "-d", "display_errors=stderr", str(QUERY_COUNT_PHP), str(site.site_dir), port, "5"],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    counts = json.loads(out.stdout)
+    for phase in ("single_create", "batch_create"):
+        assert counts[phase]["meta_reads_per_user"] <= 1, counts
+    for phase in ("single_changed", "batch_changed", "single_unchanged", "batch_unchanged"):
+        assert counts[phase]["meta_reads_per_user"] == 0, counts
+    assert counts["batch_create"]["queries_per_user"] < 50, counts

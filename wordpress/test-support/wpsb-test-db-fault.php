@@ -1,0 +1,43 @@
+<?php
+/**
+ * Plugin Name: WP Sync Bridge test database fault
+ * Description: TEST SITES ONLY. Writing the user meta "fault_probe" with the value "db-error" runs a failing query, so tests can see what a batch upsert does after a database error inside its transaction; the option "wpsb_test_hide_features" hides the plugin's optional features from status, as an older plugin would.
+ * Version: 1.0.0
+ *
+ * Linked into the test site's wp-content/mu-plugins/ by tests/plugin_actors.py (link_fault_plugin).
+ *
+ * @package wp-sync-bridge
+ */
+
+defined( 'ABSPATH' ) || exit;
+
+/**
+ * added_user_meta / updated_user_meta: a query MariaDB refuses when the probe value is written.
+ *
+ * @param int    $meta_id  Meta ID.
+ * @param int    $user_id  User ID.
+ * @param string $meta_key Meta key.
+ * @param mixed  $value    Value.
+ * @return void
+ */
+function wpsb_test_db_fault( $meta_id, $user_id, $meta_key, $value ) {
+	global $wpdb;
+	if ( 'fault_probe' === $meta_key && 'db-error' === $value ) {
+		$suppress = $wpdb->suppress_errors( true );
+		$wpdb->query( "SELECT wpsb_no_such_column FROM {$wpdb->users} LIMIT 1" ); // phpcs:ignore
+		$wpdb->suppress_errors( $suppress );
+	}
+}
+add_action( 'added_user_meta', 'wpsb_test_db_fault', 10, 4 );
+add_action( 'updated_user_meta', 'wpsb_test_db_fault', 10, 4 );
+
+/**
+ * wpsb_features filter: none while the option wpsb_test_hide_features is set.
+ *
+ * @param string[] $features Features.
+ * @return string[]
+ */
+function wpsb_test_hide_features( $features ) {
+	return get_option( 'wpsb_test_hide_features' ) ? array() : $features;
+}
+add_filter( 'wpsb_features', 'wpsb_test_hide_features' );
