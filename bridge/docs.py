@@ -25,6 +25,16 @@ from bridge.settings import ConnectionSettings, Settings
 UNDOCUMENTED = "(undocumented)"
 
 DESCRIPTIONS: dict[str, str] = {
+    "worker.retry_budget_s": "How long a failing job is retried (from its arrival or requeue) before it goes "
+                             "to the dead-letter state; 3 days, as Standard Webhooks senders retry.",
+    "worker.job_timeout_s": "A job run taking longer is cancelled and retried later (its lease is fenced).",
+    "worker.loop_backoff_max_s": "Longest pause of a background loop (claim, results, maintenance, checks) "
+                                 "between rounds after errors; it logs, backs off and goes on.",
+    "worker.outage_probe_max_s": "While WordPress is unreachable, dispatch pauses and probes it with a backoff "
+                                 "up to this; waiting jobs spend no attempts.",
+    "connector.event_id_header": "A header carrying the sender's event ID: a repeat of it "
+                                                  "within dedupe_window_s is a duplicate.",
+    "connector.event_id_path": "A body path carrying the sender's event ID (as event_id_header).",
     "log_level": "Lowest level logged: debug, info, warning, error or critical (`delivery.accepted` is debug).",
     "log_format": "`json`: one JSON event per line (for the journal); `console`: coloured, for a terminal.",
     "server.host": "Address to listen on. Keep 127.0.0.1 behind a TLS proxy on the same machine.",

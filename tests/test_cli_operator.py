@@ -49,7 +49,7 @@ def _job(conn, now, connection, email, action="update", contact_id=None) -> q.Jo
     key = f"{connection}:id:{contact_id}" if contact_id else f"{connection}:email:{email}"
     payload = json.dumps({"connection": connection, "action": action, "email": email, "contact_id": contact_id})
     job_id, _ = q.enqueue(conn, now, f"k-{time.monotonic_ns()}", 0, connection, action, key, payload)
-    [job] = [j for j in q.claim(conn, now, 50, 60) if j.id == job_id] or [None]
+    [job] = [j for j in q.claim(conn, now, "test-owner", 50, 60) if j.id == job_id] or [None]
     return job
 
 
@@ -64,7 +64,7 @@ def db(tmp_path) -> Path:
                                      ("uc", "cy@example.com", 60), ("cly", "old@example.com", 3 * 86400)]:
         job = _job(conn, now - age_s, connection, email, contact_id="77" if connection == "uc" else None)
         q.retry_later(conn, now - age_s, job, now - age_s, "crm:x: HTTP 503: busy")
-        [job] = q.claim(conn, now, 50, 60)
+        [job] = q.claim(conn, now, "test-owner", 50, 60)
         q.bury(conn, now - age_s + 1, job, "crm:x: credentials refused")
     done = _job(conn, now - 30, "cly", "ada@example.com", action="update_tags")
     q.finish(conn, now - 29, done, {"outcome": "updated"})

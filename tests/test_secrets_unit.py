@@ -265,7 +265,7 @@ async def test_the_worker_scrubs_configured_secrets_and_the_jobs_password_from_l
     try:
         await store.enqueue("k", 60, "customerly", "add", "c", json.dumps({"connection": "customerly"}))
         [job] = await store.claim(1, 60)
-        await store.save_stage(job.id, None, PASSWORD)
+        await store.save_stage(job, None, PASSWORD)
         job.secret = PASSWORD
         worker = Worker(SyncContext(settings, None, {}, store), store, Metrics(["customerly"]))
         await worker._failed(job, RuntimeError(f"crashed with worker-guard-token and {PASSWORD}"),
@@ -273,7 +273,7 @@ async def test_the_worker_scrubs_configured_secrets_and_the_jobs_password_from_l
         stored = (await store.get_job(job.id))["last_error"]
     finally:
         store.close()
-    assert stored.startswith("gave up after 1 attempts: RuntimeError: crashed with ***")
+    assert stored.startswith("gave up after 1 attempts: RuntimeError: crashed with ***"), stored
     for text in (stored, log_stream.getvalue()):
         assert "worker-guard-token" not in text and PASSWORD not in text
     assert "job.crashed" in log_stream.getvalue() and "job.dead" in log_stream.getvalue()
