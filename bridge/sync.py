@@ -124,8 +124,7 @@ def _write_back_fields(conn_settings, password: str | None, result: UpsertResult
 
 def job_deliveries(job: Job) -> list[Delivery]:
     """The deliveries one run covers, oldest first: the job's own and those coalesced into it."""
-    merged = getattr(job, "merged_payloads", None) or ([job.latest_payload] if job.latest_payload else [])
-    return [Delivery.from_payload(p) for p in (job.payload, *merged)]
+    return [Delivery.from_payload(p) for p in (job.payload, *job.merged_payloads)]
 
 
 async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:

@@ -30,8 +30,10 @@ async def switch(wp_stack):
 async def test_wordpress_down_pauses_dispatch_and_no_waiting_job_spends_an_attempt(
         tmp_path, wp_stack, fake_crm, start_bridge, switch):
     """WordPress cut off: the job that found it down is retried, the others wait unclaimed
-    (attempts 0), WordPress sees only a few probes, /readyz is red; back: every job is done."""
-    cfg = bridge_config(tmp_path, wp_stack, fake_crm, worker={"concurrency": 1})
+    (attempts 0), WordPress sees only a few probes, /readyz is red; back: every job is done.
+    (One request in flight of one upsert: with batching, the jobs of the one request that found
+    the outage are those that spend an attempt.)"""
+    cfg = bridge_config(tmp_path, wp_stack, fake_crm, worker={"concurrency": 1, "batch_size": 1})
     cfg["wordpress"]["url"] = switch.url
     b = await start_bridge(cfg)
     emails = [unique_email("outage") for _ in range(5)]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-COALESCABLE = ("update", "update_tags")
+# Jobs a run can do together: their effects are merged by the planner (bridge.core.plan), so an
+# add among them keeps its create and welcome mail. A delete ends the run's reach.
+COALESCABLE = ("add", "update", "update_tags")
 
 
 @dataclass
@@ -26,6 +28,8 @@ class Job:
     merged: list[int]
     merged_actions: list[str]
     latest_payload: dict[str, Any] | None = None
+    # Every merged job's payload, oldest first (the planner merges their effects).
+    merged_payloads: list[dict[str, Any]] = field(default_factory=list)
     # The instance that claimed this run and the attempt it is: together they fence its writes.
     owner: str = ""
     # Since when the job has been tried (arrival or requeue): the retry budget is counted from here.
@@ -38,9 +42,11 @@ class Job:
 
     @property
     def effective_action(self) -> str:
-        """The action covering this job and its merged ones: a full update beats tags only."""
-        if self.action in COALESCABLE and "update" in self.merged_actions:
-            return "update"
+        """The action covering this job and its merged ones: an add beats an update, which beats tags only."""
+        actions = [self.action, *self.merged_actions]
+        for action in ("add", "update"):
+            if action in actions and self.action in COALESCABLE:
+                return action
         return self.action
 
 
@@ -170,7 +176,8 @@ def _row_job(row: sqlite3.Row, merged: list[tuple[int, str, str]], owner: str) -
         id=row["id"], connection=row["connection"], action=row["action"], contact_key=row["contact_key"],
         payload=json.loads(row["payload"]), attempts=row["attempts"] + 1, stage=row["stage"], secret=row["secret"],
         merged=[m[0] for m in merged], merged_actions=[m[1] for m in merged],
-        latest_payload=json.loads(merged[-1][2]) if merged else None, owner=owner,
+        latest_payload=json.loads(merged[-1][2]) if merged else None,
+        merged_payloads=[json.loads(m[2]) for m in merged], owner=owner,
         budget_from=row["budget_from"] if row["budget_from"] is not None else row["created_at"],
     )
 
@@ -181,8 +188,9 @@ def claim(conn: sqlite3.Connection, now: float, owner: str, limit: int, lease_s:
 
     Only a contact's head (its oldest queued or running job, kept in ``jobs.head``) may run, so
     per-contact order holds even across retries; claiming is one probe of the partial index of due
-    heads, whatever the length of the queue. Waiting update/update_tags jobs right behind a claimed
-    update job are claimed with it and done by the same run (coalescing). ``keep``, when given, are
+    heads, whatever the length of the queue. Waiting add/update/update_tags jobs right behind a
+    claimed one are claimed with it and done by the same run (coalescing), unless the claimed job
+    resumes at its write-back. ``keep``, when given, are
     the jobs the owner runs: any other running job of it is put back first (``release_orphans``).
     """
     if keep is not None:
@@ -196,7 +204,9 @@ def claim(conn: sqlite3.Connection, now: float, owner: str, limit: int, lease_s:
     lease_until = now + lease_s
     for row in rows:
         merged: list[tuple[int, str, str]] = []
-        if row["action"] in COALESCABLE:
+        # Never merge into a run that resumes at its write-back: its upsert is done, so merged
+        # jobs would be marked done unapplied; they run after it, in order.
+        if row["action"] in COALESCABLE and row["stage"] is None:
             for later in conn.execute(
                 "SELECT id, action, payload, status FROM jobs INDEXED BY jobs_active WHERE contact_key = ?"
                 " AND status IN ('queued', 'running') AND id > ? ORDER BY id",

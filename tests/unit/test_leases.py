@@ -178,10 +178,10 @@ async def test_requeue_goes_ahead_of_the_contacts_waiting_jobs(store):
     first, _ = await put(store, "a", "add")
     [job] = await store.claim(5, 60)
     await store.bury(job, "Permanent: x")
-    waiting, _ = await put(store, "a", "add")
+    waiting, _ = await put(store, "a", "delete")  # not coalesced: it keeps its own run
     assert await store.call(q.requeue, 0.0, first) is True
     [nxt] = await store.claim(5, 60)
-    assert nxt.id == first
+    assert nxt.id == first and nxt.merged == []
     await store.finish(nxt, {"outcome": "created"})
     assert [j.id for j in await store.claim(5, 60)] == [waiting]
 

@@ -59,9 +59,10 @@ async def test_duplicate_within_window_returns_first_job(store, clock):
 
 
 async def test_claim_takes_one_job_per_contact_in_order(store):
-    """Only the oldest job of each contact is runnable; other contacts run alongside."""
+    """Only the oldest job of each contact is runnable; other contacts run alongside (a delete is
+    never coalesced, so it waits for its turn)."""
     a1, _ = await put(store, "a", "add")
-    a2, _ = await put(store, "a", "add")
+    a2, _ = await put(store, "a", "delete")
     b1, _ = await put(store, "b", "add")
     jobs = await store.claim(10, 60)
     assert [j.id for j in jobs] == [a1, b1]
@@ -82,20 +83,37 @@ async def test_retry_keeps_the_contact_blocked_until_it_is_due(store, clock):
     assert again.id == a1 and again.attempts == 2
 
 
-async def test_waiting_updates_are_coalesced(store):
-    """Consecutive update/update_tags jobs of one contact are claimed as one run, up to the next add."""
+async def test_waiting_jobs_are_coalesced_up_to_the_next_delete(store):
+    """Consecutive add/update/update_tags jobs of one contact are claimed as one run, with every
+    merged payload (the planner merges their effects), up to the next delete."""
     u1, _ = await put(store, "a", "update_tags")
     u2, _ = await put(store, "a", "update")
-    u3, _ = await put(store, "a", "update_tags")
     add, _ = await put(store, "a", "add")
+    u3, _ = await put(store, "a", "update_tags")
+    delete, _ = await put(store, "a", "delete")
     [job] = await store.claim(10, 60)
-    assert (job.id, job.merged, job.effective_action) == (u1, [u2, u3], "update")
+    assert (job.id, job.merged, job.effective_action) == (u1, [u2, add, u3], "add")
+    assert job.merged_payloads == [(await store.get_job(i))["payload"] for i in (u2, add, u3)]
     assert job.newest_payload == (await store.get_job(u3))["payload"]
     await store.finish(job, {"outcome": "updated"})
     merged = await store.get_job(u3)
     assert merged["status"] == "done" and merged["outcome"]["coalesced_into"] == u1
     [nxt] = await store.claim(10, 60)
-    assert nxt.id == add
+    assert nxt.id == delete and nxt.merged == []
+
+
+async def test_nothing_is_merged_into_a_run_that_resumes_at_its_write_back(store):
+    """A job whose upsert is done (stage write_back) runs alone; the updates behind it run after it."""
+    add, _ = await put(store, "a", "add")
+    [job] = await store.claim(10, 60)
+    await store.save_stage(job, json.dumps({"step": "write_back", "outcome": {"outcome": "created"}}), "pw-1234567")
+    await store.retry_later(job, store.clock(), "crm: HTTP 503")
+    update, _ = await put(store, "a", "update")
+    [again] = await store.claim(10, 60)
+    assert (again.id, again.merged) == (add, [])
+    await store.finish(again, {"outcome": "created"})
+    [nxt] = await store.claim(10, 60)
+    assert nxt.id == update
 
 
 async def test_jobs_left_running_by_a_previous_process_run_again_at_start(store):
