@@ -22,6 +22,7 @@ from bridge.cli_common import (EX_CANTCREAT, EX_CONFIG, EX_NOINPUT, EX_SOFTWARE,
                                EX_USAGE, config_option, database, fail, load, run_async, scrub)
 from bridge.cli_jobs import contacts, jobs, rejected
 from bridge.errors import ConfigError
+from bridge.store import operator
 from bridge.store.operator import transaction
 
 _run = run_async  # the name the commands below have always used
@@ -194,12 +195,12 @@ def discover(config: str | None, connection: str) -> None:
     if connection not in settings.connections:
         fail(f"unknown connection {connection!r}; configured: {', '.join(settings.connections) or 'none'}", EX_CONFIG)
     with database(settings) as conn:
-        rows = conn.execute("SELECT body FROM samples WHERE connection = ? ORDER BY id DESC", (connection,)).fetchall()
+        rows = operator.samples(conn, connection)
     if not rows:
         click.echo(f"no deliveries stored for {connection!r} yet: send a test event from the CRM, then run this "
                    "again", err=True)
         sys.exit(1)
-    fields = find_fields([json.loads(r["body"]) for r in rows])
+    fields = find_fields([json.loads(body) for body in rows])
     click.echo(f"{len(fields)} field(s) in {len(rows)} sample(s) of {connection!r}:")
     width = max(len(p) for p, _ in fields)
     for path, value in fields:

@@ -78,7 +78,8 @@ def _ownership(files: list[Path], account: pwd.struct_passwd | None) -> list[Fin
 
 def database_findings(settings: Settings, service_user: str | None = None) -> list[Finding]:
     """Path, ownership, writability and schema of ``database.path``; never creates anything."""
-    from bridge.store.operator import DatabaseMissing, counts, latest_version, open_existing, read_version
+    from bridge.store.operator import DatabaseMissing, latest_version, open_existing, read_version
+    from bridge.store.queue import counts
     from bridge.store.db import SchemaTooNew
 
     path = Path(settings.database.path)

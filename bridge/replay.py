@@ -16,7 +16,7 @@ def replay_rejected(conn: sqlite3.Connection, settings: Settings, rejected_id: i
     """Parse a kept delivery again with the current settings and queue it: (ok, message).
 
     Runs inside the caller's transaction."""
-    row = conn.execute("SELECT * FROM rejected WHERE id = ?", (rejected_id,)).fetchone()
+    row = q.rejected_delivery(conn, rejected_id)
     if row is None:
         return False, "no such rejected delivery"
     if row["replayed_job"]:
@@ -41,7 +41,7 @@ def replay_rejected(conn: sqlite3.Connection, settings: Settings, rejected_id: i
         return False, "a test delivery has nothing to replay"
     job_id, duplicate = q.enqueue(conn, now, dedupe_key(connection, query, body, None), settings.server.dedupe_window_s,
                                   connection, delivery.action, delivery.contact_key, delivery.payload_json())
-    conn.execute("UPDATE rejected SET replayed_job = ? WHERE id = ?", (job_id, rejected_id))
+    q.mark_replayed(conn, rejected_id, job_id)
     return True, f"queued as job {job_id}" + (" (duplicate of an earlier delivery)" if duplicate else "")
 
 

@@ -180,12 +180,10 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     return row is not None
 
 
-def counts(conn: sqlite3.Connection) -> dict[str, int]:
-    """Jobs per status."""
-    out = {"queued": 0, "running": 0, "done": 0, "dead": 0}
-    for status, n in conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
-        out[status] = n
-    return out
+def samples(conn: sqlite3.Connection, connection: str) -> list[str]:
+    """The kept (masked) delivery bodies of a connection, newest first, for ``discover``."""
+    rows = conn.execute("SELECT body FROM samples WHERE connection = ? ORDER BY id DESC", (connection,))
+    return [row[0] for row in rows]
 
 
 def oldest_queued_at(conn: sqlite3.Connection) -> float | None:

@@ -110,6 +110,16 @@ def reject(conn: sqlite3.Connection, now: float, connection: str | None, status:
     return cur.lastrowid
 
 
+def rejected_delivery(conn: sqlite3.Connection, rejected_id: int) -> sqlite3.Row | None:
+    """One kept rejected delivery (for replay), or None."""
+    return conn.execute("SELECT * FROM rejected WHERE id = ?", (rejected_id,)).fetchone()
+
+
+def mark_replayed(conn: sqlite3.Connection, rejected_id: int, job_id: int) -> None:
+    """Record that a rejected delivery was queued again as ``job_id``."""
+    conn.execute("UPDATE rejected SET replayed_job = ? WHERE id = ?", (job_id, rejected_id))
+
+
 def keep_sample(conn: sqlite3.Connection, now: float, connection: str, body: str, keep: int) -> None:
     """Store a (masked) delivery body for field discovery, keeping the last ``keep`` per connection."""
     conn.execute("INSERT INTO samples (connection, received_at, body) VALUES (?, ?, ?)", (connection, now, body))
