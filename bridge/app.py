@@ -26,7 +26,9 @@ from bridge.metrics import Metrics
 from bridge.reload import apply_reloadable
 from bridge.settings import Settings, load_settings
 from bridge.store import queue as q
+from bridge.store.backends import open_store
 from bridge.store.jobs import JobStore
+from bridge.store.pgdb import PostgresUnavailable
 from bridge.sync import SyncContext
 from bridge.systemd import Notifier
 from bridge.tasks import LoopHealth, TaskGroup, guarded
@@ -87,9 +89,9 @@ class Bridge:
         if self.redactor is not None:
             self.redactor.add(secrets_of(s))
         try:
-            self.store = JobStore.open(s.database.path)
-        except (OSError, sqlite3.Error) as exc:
-            raise CannotStart("database", f"{s.database.path}: {exc}") from None
+            self.store = open_store(s.database)
+        except (OSError, sqlite3.Error, PostgresUnavailable) as exc:
+            raise CannotStart("database", f"{s.database.where}: {exc}") from None
         self._session = aiohttp.ClientSession(headers={"User-Agent": "wp-sync-bridge"})
         self._wordpress = make_wordpress(s)
         self._crm_args = (self._session, s.worker, s.wordpress.timeout_s)
@@ -98,6 +100,11 @@ class Bridge:
         ctx = SyncContext(s, self._wordpress, crms, self.store)
         self.worker = Worker(ctx, self.store, self.metrics, self.health)
         await self.worker.start()
+        if s.database.backend == "postgresql":
+            # Other bridges' deliveries wake this one's worker (NOTIFY), between its own polls.
+            self._background.spawn(guarded("database_listen", lambda: self.store.watch(self.worker.notify),
+                                           self.health, self._stopping, max_s=s.worker.loop_backoff_max_s),
+                                   "database.listen")
         self._background.spawn(guarded("wordpress_check", self._check_wordpress, self.health, self._stopping,
                                        max_s=s.worker.loop_backoff_max_s), "wordpress.check")
         if any(c.probe is not None for c in (crm.spec for crm in crms.values())):
@@ -117,7 +124,7 @@ class Bridge:
         if separate:
             await self._start_metrics(token)
         log.info("bridge.started", host=s.server.host, port=self.port, connections=sorted(s.connections),
-                 transport=s.wordpress.transport, database=str(s.database.path))
+                 transport=s.wordpress.transport, database=s.database.where)
         self.notifier.notify(READY=1, STATUS=await self._status_text())
         self._background.spawn(self._service_manager(), "systemd.status")
 
@@ -138,6 +145,8 @@ class Bridge:
         if self._session is not None:
             await self._session.close()
         if self.store is not None:
+            if hasattr(self.store, "close_listener"):
+                await self.store.close_listener()
             self.store.close()
         log.info("bridge.stopped", took_s=round(time.monotonic() - started, 3))
         self._stopped.set()

@@ -54,6 +54,9 @@ DESCRIPTIONS: dict[str, str] = {
     "server.metrics_port": "Serve `/metrics` on this port instead of the webhook listener; unset: on `server.port`.",
     "server.metrics_token": "When set, `/metrics` requires `Authorization: Bearer TOKEN`.",
     "database.path": "The SQLite file (WAL). Created by `serve` only; operator commands never create it.",
+    "database.url": "`postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME` selects the PostgreSQL store, for several "
+                    "bridges sharing one queue (`pip install 'wp-sync-bridge[postgresql]'`); unset: SQLite at "
+                    "`database.path`. `serve` migrates it; operator commands never do.",
     "worker.concurrency": "WordPress requests in flight; with batching up to concurrency x batch_size jobs run "
                           "at once (a contact's jobs always run one at a time, in order).",
     "worker.batch_size": "Upserts of running jobs sent as one plugin batch request (plugin 2.1, at most its own "

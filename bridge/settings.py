@@ -126,6 +126,31 @@ class ServerSettings(_Section):
 
 class DatabaseSettings(_Section):
     path: Path = Path("/var/lib/wp-sync-bridge/bridge.db")
+    # postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME selects the PostgreSQL store (several bridges on
+    # one queue); unset, the SQLite file at ``path`` (one bridge).
+    url: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: SecretStr | None) -> SecretStr | None:
+        from bridge.store.pgdb import is_url
+
+        if value is not None and not is_url(value.get_secret_value()):
+            raise ValueError("must be a postgresql:// URL (postgresql://USER@HOST/DBNAME); for SQLite, set "
+                             "database.path instead")
+        return value
+
+    @property
+    def backend(self) -> str:
+        """``postgresql`` when ``url`` is set, else ``sqlite``."""
+        return "postgresql" if self.url is not None else "sqlite"
+
+    @property
+    def where(self) -> str:
+        """The database as logs and commands name it (a URL's password masked)."""
+        from bridge.store.pgdb import shown_url
+
+        return shown_url(self.url.get_secret_value()) if self.url is not None else str(self.path)
 
     @field_validator("path")
     @classmethod
@@ -418,6 +443,10 @@ class Settings(BaseSettings):
         secrets, signing secrets): what the log redactor and the stored errors scrub."""
         values = [k.get_secret_value() for k in self.server.access_keys]
         values.append(self.wordpress.application_password.get_secret_value())
+        if self.database.url is not None:
+            from bridge.store.pgdb import url_password
+
+            values.append(url_password(self.database.url.get_secret_value()) or "")
         if self.server.metrics_token is not None:
             values.append(self.server.metrics_token.get_secret_value())
         for conn in self.connections.values():

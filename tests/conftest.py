@@ -28,6 +28,8 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.settings import load_settings
+from tests.pg import pg_database, pg_url  # noqa: F401 - fixtures
+
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = ROOT / "scripts" / "wordpress-stack"

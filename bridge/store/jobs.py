@@ -51,11 +51,15 @@ class Reader:
         self._conn: sqlite3.Connection | None = None
         self._closed = False
 
+    def _open(self) -> Any:
+        conn = sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro", uri=True,
+                               check_same_thread=False, isolation_level=None, timeout=30)
+        conn.row_factory = sqlite3.Row
+        return conn
+
     def _call(self, fn: Callable[..., Any], args: tuple) -> Any:
         if self._conn is None:
-            self._conn = sqlite3.connect(f"file:{quote(str(self.path))}?mode=ro", uri=True,
-                                         check_same_thread=False, isolation_level=None, timeout=30)
-            self._conn.row_factory = sqlite3.Row
+            self._conn = self._open()
         return fn(self._conn, *args)
 
     def run(self, fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
@@ -187,6 +191,10 @@ class JobStore:
 
     def _fenced(self, job: q.Job, what: str) -> None:
         log.warning("job.fenced_out", job_id=job.id, attempt=job.attempts, write=what)
+
+    async def watch(self, on_work: Callable[[], None]) -> None:
+        """Call ``on_work`` when another process makes work due. One bridge owns a SQLite file, and
+        its own intake wakes its worker directly: nothing to watch (the PostgreSQL store listens)."""
 
     async def release_running(self) -> int:
         """Put back every running job (at start-up, see ``queue.release_running``)."""

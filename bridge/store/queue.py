@@ -1,12 +1,17 @@
 """The SQL of intake and the job queue. Each function takes the writer's connection and runs
-inside its transaction (``bridge.store.writer``); none commits by itself."""
+inside its transaction (``bridge.store.writer``, or ``bridge.store.pgwriter`` on PostgreSQL); none
+commits by itself. The same SQL runs on both databases (``bridge.store.pgdb``): on SQLite one
+writer serialises everything; on PostgreSQL, where several bridges write at once, the functions
+that change a contact's head hold its advisory lock (``lock_keys``)."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
+
+from bridge.store.pgdb import dialect, lock, try_lock, wake
 
 # Jobs a run can do together: their effects are merged by the planner (bridge.core.plan), so an
 # add among them keeps its create and welcome mail. A delete ends the run's reach.
@@ -68,6 +73,7 @@ def enqueue(
     first job still waits (queued, never claimed); once that job has run, the same bytes are new
     work: WP Fusion-style senders send the same URL and body for every change of a contact.
     """
+    lock(conn, _enqueue_locks(now, dedupe_key, window_s, connection, action, contact_key))
     row = conn.execute(
         "SELECT d.job_id, d.received_at, j.status, j.attempts FROM deliveries AS d"
         " LEFT JOIN jobs AS j ON j.id = d.job_id WHERE d.dedupe_key = ?",
@@ -82,18 +88,39 @@ def enqueue(
         " LIMIT 1",
         (contact_key,),
     ).fetchone()
-    cur = conn.execute(
+    (job_id,) = conn.execute(
         "INSERT INTO jobs (connection, action, contact_key, payload, run_at, head, budget_from, created_at,"
-        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (connection, action, contact_key, payload, now, 0 if busy else 1, now, now, now),
-    )
-    job_id = cur.lastrowid
+    ).fetchone()
     conn.execute(
         "INSERT INTO deliveries (dedupe_key, job_id, received_at) VALUES (?, ?, ?)"
         " ON CONFLICT (dedupe_key) DO UPDATE SET job_id = excluded.job_id, received_at = excluded.received_at",
         (dedupe_key, job_id, now),
     )
+    if not busy:
+        wake(conn)
     return job_id, False
+
+
+def _enqueue_locks(now: float, dedupe_key: str, window_s: float, connection: str, action: str,
+                   contact_key: str, *_: Any) -> list[str]:
+    # The contact (its head) and the dedupe key (two bridges taking one delivery at once).
+    return [contact_key, "dedupe:" + dedupe_key]
+
+
+def _job_locks(now: float, job: "Job", *_: Any) -> list[str]:
+    return [job.contact_key]
+
+
+def lock_keys(fn: Callable[..., Any], args: tuple) -> list[str]:
+    """The advisory locks a call of ``fn(conn, *args)`` takes: the PostgreSQL writer takes those of a
+    whole batch first, in one sorted order, so that two bridges' batches never deadlock."""
+    if fn is enqueue:
+        return _enqueue_locks(*args)
+    if fn in (finish, bury):
+        return _job_locks(*args)
+    return []
 
 
 def reject(conn: sqlite3.Connection, now: float, connection: str | None, status: int, reason: str,
@@ -101,13 +128,12 @@ def reject(conn: sqlite3.Connection, now: float, connection: str | None, status:
            auth: dict[str, Any] | None = None) -> int:
     """Keep an authenticated delivery that could not be accepted, raw, for inspection and replay;
     ``auth`` records how it was authenticated (key scope, signature headers)."""
-    cur = conn.execute(
+    return conn.execute(
         "INSERT INTO rejected (received_at, connection, status, reason, method, query, content_type, body, auth)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (now, connection, status, reason, method, json.dumps(query), content_type, body,
          json.dumps(auth) if auth is not None else None),
-    )
-    return cur.lastrowid
+    ).fetchone()[0]
 
 
 def rejected_delivery(conn: sqlite3.Connection, rejected_id: int) -> sqlite3.Row | None:
@@ -151,6 +177,8 @@ def release_orphans(conn: sqlite3.Connection, now: float, owner: str, keep: list
         " WHERE id = ? AND owner = ? AND status = 'running'",
         lost,
     )
+    if lost:
+        wake(conn)
     return len(lost)
 
 
@@ -178,6 +206,7 @@ def expire_lease(conn: sqlite3.Connection, now: float, lease: tuple[int, str, in
             " updated_at = ? WHERE merged_into = ? AND status = 'running'",
             (now, job_id),
         )
+        wake(conn)
     return cur.rowcount == 1
 
 
@@ -205,11 +234,16 @@ def claim(conn: sqlite3.Connection, now: float, owner: str, limit: int, lease_s:
     """
     if keep is not None:
         release_orphans(conn, now, owner, keep)
+    # On PostgreSQL, a head another bridge is claiming is skipped, and so is a contact whose lock
+    # another transaction holds (a requeue or an enqueue changing its head right now).
+    skip_locked = " FOR UPDATE SKIP LOCKED" if dialect(conn) == "postgresql" else ""
     rows = conn.execute(
         "SELECT * FROM jobs INDEXED BY jobs_due_heads WHERE head = 1 AND status = 'queued' AND run_at <= ?"
-        " ORDER BY run_at, id LIMIT ?",
+        " ORDER BY run_at, id LIMIT ?" + skip_locked,
         (now, limit),
     ).fetchall()
+    free = try_lock(conn, [row["contact_key"] for row in rows])
+    rows = [row for row in rows if row["contact_key"] in free]
     jobs = []
     lease_until = now + lease_s
     for row in rows:
@@ -263,6 +297,7 @@ def save_stage(conn: sqlite3.Connection, now: float, job: Job, stage: str | None
 def finish(conn: sqlite3.Connection, now: float, job: Job, outcome: dict[str, Any]) -> bool:
     """Mark a job done (and its merged jobs, recorded as coalesced into it); erase any secret; the
     contact's next job becomes its head. Fenced (see ``save_stage``): False when fenced out."""
+    lock(conn, _job_locks(now, job))
     cur = conn.execute(
         "UPDATE jobs SET status = 'done', head = 0, owner = NULL, outcome = ?, secret = NULL, lease_until = NULL,"
         " last_error = NULL, updated_at = ?" + _FENCE,
@@ -299,6 +334,7 @@ def retry_later(conn: sqlite3.Connection, now: float, job: Job, run_at: float, e
 def bury(conn: sqlite3.Connection, now: float, job: Job, error: str) -> bool:
     """Move a job to the dead-letter state with the reason; erase any secret; the contact's next job
     becomes its head. Fenced (see ``save_stage``): False when fenced out."""
+    lock(conn, _job_locks(now, job))
     cur = conn.execute(
         "UPDATE jobs SET status = 'dead', head = 0, owner = NULL, last_error = ?, secret = NULL,"
         " lease_until = NULL, updated_at = ?" + _FENCE,
@@ -329,6 +365,7 @@ def _release_merged(conn: sqlite3.Connection, now: float, job: Job) -> None:
 
 def _advance(conn: sqlite3.Connection, contact_key: str) -> None:
     """The contact's head left the active set: its oldest active job (if any) becomes the head."""
+    wake(conn)
     conn.execute(
         "UPDATE jobs SET head = 1 WHERE id = (SELECT id FROM jobs INDEXED BY jobs_active WHERE contact_key = ?"
         " AND status IN ('queued', 'running') ORDER BY id LIMIT 1)",
@@ -407,6 +444,7 @@ def requeue(conn: sqlite3.Connection, now: float, job_id: int) -> bool:
     row = conn.execute("SELECT contact_key, attempts FROM jobs WHERE id = ? AND status = 'dead'", (job_id,)).fetchone()
     if row is None:
         return False
+    lock(conn, [row[0]])
     active = conn.execute(
         "SELECT id, status FROM jobs INDEXED BY jobs_active WHERE contact_key = ?"
         " AND status IN ('queued', 'running') AND head = 1",
@@ -422,6 +460,7 @@ def requeue(conn: sqlite3.Connection, now: float, job_id: int) -> bool:
         (head, now, now, now, job_id),
     )
     _remember(conn, now, job_id, "requeued", row[1], None)
+    wake(conn)
     return True
 
 

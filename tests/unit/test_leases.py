@@ -1,14 +1,12 @@
-"""Fenced leases on a real SQLite file: one run of a job at a time, whatever the wall clock does
-(see bridge/store/leases.py for the design these tests pin down)."""
-
-import sqlite3
+"""Fenced leases on both stores (a real SQLite file; a real PostgreSQL database): one run of a job at
+a time, whatever the wall clock does (see bridge/store/leases.py for the design these tests pin down)."""
 
 import pytest
 
 from bridge.store import queue as q
 from bridge.store.jobs import FencedOut, JobStore
 from bridge.store.leases import LeaseWatch
-from tests.unit.test_queue import Clock, put
+from tests.unit.test_queue import Clock, put, store  # noqa: F401 - the parametrised store fixture
 
 
 class Mono:
@@ -26,24 +24,11 @@ def clock():
     return Clock()
 
 
-@pytest.fixture
-def store(tmp_path, clock):
-    s = JobStore.open(tmp_path / "q.db", clock=clock)
-    yield s
-    s.close()
-
-
-def row(tmp_path, job_id):
-    with sqlite3.connect(tmp_path / "q.db") as conn:
-        conn.row_factory = sqlite3.Row
-        return dict(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
-
-
 async def test_a_claim_records_the_owner_and_attempt(store, tmp_path):
     """The row names the process that runs it (random per start) and the attempt."""
     job_id, _ = await put(store, "a", "add")
     [job] = await store.claim(5, 60)
-    stored = row(tmp_path, job_id)
+    stored = await store.get_job(job_id)
     assert (stored["status"], stored["owner"], stored["attempts"]) == ("running", store.owner, 1)
     assert job.owner == store.owner and job.attempts == 1
     other = JobStore.__new__(JobStore)  # owner IDs are per process start: two inits never share one
@@ -100,28 +85,35 @@ async def test_a_claim_puts_back_the_owners_jobs_it_does_not_run(store):
     assert (await store.get_job(kept_id))["attempts"] == 1
 
 
-def peer_claims(path, job_id, owner="peer-1"):
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE jobs SET status = 'running', owner = ?, attempts = attempts + 1 WHERE id = ?",
-                     (owner, job_id))
+def _peer_claims(conn, job_id, owner):
+    conn.execute("UPDATE jobs SET status = 'running', owner = ?, attempts = attempts + 1 WHERE id = ?",
+                 (owner, job_id))
 
 
-def peer_heartbeat(path, job_id):
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE jobs SET heartbeat = heartbeat + 1 WHERE id = ?", (job_id,))
+def _peer_heartbeat(conn, job_id):
+    conn.execute("UPDATE jobs SET heartbeat = heartbeat + 1 WHERE id = ?", (job_id,))
+
+
+async def peer_claims(store, job_id, owner="peer-1"):
+    """Another bridge (another owner) claims the job, as its own claim would."""
+    await store.call(_peer_claims, job_id, owner)
+
+
+async def peer_heartbeat(store, job_id):
+    await store.call(_peer_heartbeat, job_id)
 
 
 async def test_a_peers_lease_expires_only_after_its_heartbeat_stood_still_for_a_lease(store, tmp_path):
     """Judged on our monotonic clock: a heartbeat that moves keeps the job; one that stands still
     for lease_s lets it be put back, and it runs here with the next attempt."""
     job_id, _ = await put(store, "a", "add")
-    peer_claims(tmp_path / "q.db", job_id)
+    await peer_claims(store, job_id)
     mono = Mono()
     watch = LeaseWatch(60, mono)
     assert await store.expire_peer_leases(watch) == []
     mono.t += 59
     assert await store.expire_peer_leases(watch) == []
-    peer_heartbeat(tmp_path / "q.db", job_id)  # the peer is alive: the clock starts over
+    await peer_heartbeat(store, job_id)  # the peer is alive: the clock starts over
     mono.t += 59
     assert await store.expire_peer_leases(watch) == []
     mono.t += 59
@@ -151,11 +143,11 @@ def test_lease_watch_forgets_leases_it_no_longer_sees():
 async def test_an_expired_lease_put_back_is_fenced_by_the_observed_heartbeat(store, tmp_path):
     """The put-back names the (owner, attempt, heartbeat) observed: a heartbeat in between wins."""
     job_id, _ = await put(store, "a", "add")
-    peer_claims(tmp_path / "q.db", job_id)
+    await peer_claims(store, job_id)
     [lease] = await store.read(q.running_leases, store.owner)
-    peer_heartbeat(tmp_path / "q.db", job_id)
+    await peer_heartbeat(store, job_id)
     assert await store.call(q.expire_lease, 0.0, lease) is False
-    assert row(tmp_path, job_id)["status"] == "running"
+    assert (await store.get_job(job_id))["status"] == "running"
 
 
 async def test_bury_hands_the_contact_to_its_next_job_and_requeue_keeps_one_run_per_contact(store):

@@ -1,4 +1,6 @@
-"""The SQLite queue on a real file: durability, dedupe, per-contact order, coalescing, leases, migrations."""
+"""The queue's contract on both stores (a real SQLite file; a real PostgreSQL database): durability,
+dedupe, per-contact order, coalescing, leases, migrations. What only one store has (the writer
+process, the file lock) is tested on that store."""
 
 import json
 import sqlite3
@@ -23,11 +25,33 @@ def clock():
     return Clock()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path, clock):
+    """The store under test, on each backend."""
+    if request.param == "postgresql":
+        from bridge.store.pgjobs import PgJobStore
+
+        s = PgJobStore.open(request.getfixturevalue("pg_url"), clock=clock)
+    else:
+        s = JobStore.open(tmp_path / "q.db", clock=clock)
+    yield s
+    s.close()
+
+
 @pytest.fixture
-def store(tmp_path, clock):
+def sqlite_store(tmp_path, clock):
     s = JobStore.open(tmp_path / "q.db", clock=clock)
     yield s
     s.close()
+
+
+def other_connection(store):
+    """A second connection to the store's database, outside the bridge."""
+    if hasattr(store, "url"):
+        import psycopg
+
+        return psycopg.connect(store.url)
+    return sqlite3.connect(store.path)
 
 
 _serial = iter(range(10**9))
@@ -40,11 +64,13 @@ async def put(store, contact, action="update", key=None, window=3600, waiting_on
                                waiting_only)
 
 
-async def test_enqueued_job_is_on_disk_when_acknowledged(store, tmp_path):
-    """Once enqueue returns, another connection to the file sees the job."""
+async def test_enqueued_job_is_on_disk_when_acknowledged(store):
+    """Once enqueue returns, another connection to the database sees the job (it is committed)."""
     job_id, dup = await put(store, "a", key="k1")
-    other = sqlite3.connect(tmp_path / "q.db")
-    assert other.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone() == ("queued",)
+    other = other_connection(store)
+    mark = "%s" if hasattr(store, "url") else "?"
+    assert other.execute(f"SELECT status FROM jobs WHERE id = {mark}", (job_id,)).fetchone() == ("queued",)
+    other.close()
     assert dup is False
 
 
@@ -117,7 +143,8 @@ async def test_nothing_is_merged_into_a_run_that_resumes_at_its_write_back(store
 
 
 async def test_jobs_left_running_by_a_previous_process_run_again_at_start(store):
-    """release_running (start-up: the file lock proves their owner is gone) queues running jobs again."""
+    """release_running queues running jobs again (SQLite, at start-up: the file lock proves their owner
+    is gone; PostgreSQL, at stop: this process's own, the others' being taken over by lease)."""
     await put(store, "a", "add")
     [job] = await store.claim(10, lease_s=60)
     assert await store.release_running() == 1
@@ -164,19 +191,21 @@ async def test_a_failing_call_does_not_undo_its_batch_neighbours(store):
     assert await store.call(count_samples) == 0
 
 
-async def test_an_error_that_cannot_cross_to_the_parent_is_named(store):
+async def test_an_error_that_cannot_cross_to_the_parent_is_named(sqlite_store):
+    store = sqlite_store
     with pytest.raises(RuntimeError, match="Unpicklable: x/y"):
         await store.call(raise_unpicklable)
     assert (await store.counts())["queued"] == 0
 
 
-async def test_a_killed_writer_process_fails_calls_in_flight_and_is_replaced(store):
+async def test_a_killed_writer_process_fails_calls_in_flight_and_is_replaced(sqlite_store):
     """The writer child dies: the waiting call gets WriterUnavailable (intake answers 503), the next starts a new child."""
     import os
     import signal
 
     from bridge.store.writer import WriterUnavailable
 
+    store = sqlite_store
     await put(store, "a", "add")
     writer = store._writer
     first = writer._proc
@@ -242,3 +271,66 @@ async def test_prune_removes_old_done_jobs_and_expired_dedupe_keys(store, clock)
     assert (await store.get_job(dead_id))["status"] == "dead" and (await store.get_job(fresh_id))["status"] == "queued"
     again, dup = await put(store, "a", "add", key="old")
     assert dup is False and again != done_id
+
+
+async def test_a_killed_postgresql_writer_connection_fails_its_batch_and_is_replaced(pg_url):
+    """The server ends the writer's session: the call in flight gets WriterUnavailable (intake answers
+    503) and names no password; the next call connects again and commits."""
+    import psycopg
+
+    from bridge.store.pgjobs import PgJobStore
+    from bridge.store.writer import WriterUnavailable
+
+    store = PgJobStore.open(pg_url)
+    try:
+        await put(store, "a", "add")
+        pid = store._writer._conn.raw.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(WriterUnavailable):
+            await put(store, "b", "add")
+        await put(store, "c", "add")
+        assert (await store.counts())["queued"] == 2  # a, c: b was never acknowledged
+    finally:
+        store.close()
+
+
+async def test_two_bridges_on_one_postgresql_queue_keep_each_contact_in_order_and_alone(pg_url):
+    """Two stores (two bridges) take deliveries and run jobs at once on one database: every job runs
+    exactly once, one contact's jobs never run at the same time and start in arrival order."""
+    import asyncio
+
+    from bridge.store.pgjobs import PgJobStore
+
+    bridges = [PgJobStore.open(pg_url), PgJobStore.open(pg_url)]
+    try:
+        ids = await asyncio.gather(*(put(bridges[n % 2], f"c{n % 20}", "delete") for n in range(400)))
+        by_contact: dict[str, list[int]] = {}
+        for n, (job_id, _) in enumerate(ids):
+            by_contact.setdefault(f"c{n % 20}", []).append(job_id)
+        running: dict[str, int] = {}
+        started: dict[str, list[int]] = {}
+
+        async def work(store):
+            idle = 0
+            while idle < 5:
+                jobs = await store.claim(8, 60)
+                idle = 0 if jobs else idle + 1
+                for job in jobs:
+                    assert job.contact_key not in running, f"{job.contact_key} runs twice"
+                    running[job.contact_key] = job.id
+                    started.setdefault(job.contact_key, []).append(job.id)
+                await asyncio.sleep(0.001)
+                for job in jobs:
+                    del running[job.contact_key]
+                    assert await store.finish(job, {"outcome": "deleted"})
+                if not jobs:
+                    await asyncio.sleep(0.02)
+
+        await asyncio.gather(*(work(b) for b in bridges))
+        for contact, expected in by_contact.items():
+            assert started[contact] == sorted(expected), contact
+        assert (await bridges[0].counts())["done"] == 400
+    finally:
+        for b in bridges:
+            b.close()

@@ -1,0 +1,198 @@
+"""The PostgreSQL writer: one connection in a thread of its own, group-committing like SQLite's
+writer process (``bridge.store.writer``): every call that arrives while a commit is in flight joins
+the next transaction, and ``await writer.run(fn, *args)`` returns once that COMMIT has returned.
+
+A thread, not a process: psycopg releases the GIL while it waits on the server, which is most of
+a batch's time. Each batch, in one transaction:
+
+1. takes the advisory locks of all its calls (``queue.lock_keys``) in one sorted order, so batches
+   of several bridges never wait on each other in a cycle;
+2. runs the calls without per-call SAVEPOINTs; if one fails, redoes the batch with a SAVEPOINT per
+   call, so one failing call does not undo its neighbours;
+3. sends one ``NOTIFY`` when a call made work due (the other bridges wake), then commits.
+
+A deadlock or serialization failure anyway (an operator's command in between) redoes the batch.
+A lost connection fails the calls in flight with ``WriterUnavailable`` (intake answers 503, the
+sender retries) and the next batch connects again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue as threading_queue
+import threading
+import time
+from typing import Any, Awaitable, Callable, TypeVar
+
+import structlog
+
+from bridge.store import queue as q
+from bridge.store.pgdb import CHANNEL, PgConnection, PostgresUnavailable, connect, lock
+from bridge.store.writer import WriterUnavailable
+
+T = TypeVar("T")
+log = structlog.get_logger("bridge.store")
+MAX_BATCH = 512
+REDO_LIMIT = 5
+
+_Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple]
+
+
+class PgWriter:
+    """``run(fn, *args)`` queues ``fn(conn, *args)`` for the next committed batch."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.batches = 0
+        self.calls = 0
+        self._inbox: threading_queue.SimpleQueue[_Call | None] = threading_queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: PgConnection | None = None
+        self._closing = False
+
+    pid = None  # no child process (the SQLite writer has one)
+
+    def start(self) -> None:
+        """Connect (raises PostgresUnavailable) and start the writer thread."""
+        self._conn = connect(self.url, application_name="wp-sync-bridge writer")
+        self._thread = threading.Thread(target=self._serve, name="wpsb-pg-writer", daemon=True)
+        self._thread.start()
+
+    def run(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+        """Queue the call; the future resolves with its value (or error) after the commit."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        if self._closing:
+            fut.set_exception(WriterUnavailable("the database is closed"))
+        else:
+            self._inbox.put((loop, fut, fn, args))
+        return fut
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Commit what is queued, then close the connection."""
+        self._closing = True
+        if self._thread is not None:
+            self._inbox.put(None)
+            self._thread.join(timeout_s)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- the thread ------------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        stop = False
+        while not stop:
+            first = self._inbox.get()
+            calls: list[_Call] = []
+            if first is None:
+                stop = True
+            else:
+                calls.append(first)
+            while len(calls) < MAX_BATCH:
+                try:
+                    more = self._inbox.get_nowait()
+                except threading_queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                calls.append(more)
+            if calls:
+                self._commit(calls)
+
+    def _commit(self, calls: list[_Call]) -> None:
+        for attempt in range(REDO_LIMIT):
+            try:
+                conn = self._connected()
+                results = self._transaction(conn, calls)
+                break
+            except Exception as exc:  # noqa: BLE001 - sorted out below, answered to the callers
+                self._discard()
+                if _retryable(exc) and attempt < REDO_LIMIT - 1:
+                    time.sleep(0.01 * (attempt + 1))
+                    continue
+                log.error("db.commit_failed", error=_error_text(exc), calls=len(calls))
+                err = WriterUnavailable(f"the database write failed; the call was not committed: {_error_text(exc)}")
+                results = [(False, err)] * len(calls)
+                break
+        self.batches += 1
+        self.calls += len(calls)
+        for (loop, fut, _, _), (ok, value) in zip(calls, results):
+            loop.call_soon_threadsafe(_settle, fut, ok, value)
+
+    def _connected(self) -> PgConnection:
+        if self._conn is None:
+            self._conn = connect(self.url, application_name="wp-sync-bridge writer")
+        return self._conn
+
+    def _discard(self) -> None:
+        """After an error the connection may be mid-transaction or dead: roll back, or drop it."""
+        if self._conn is None:
+            return
+        try:
+            if self._conn.raw.closed:
+                raise RuntimeError("closed")
+            self._conn.raw.execute("ROLLBACK")
+        except Exception:  # noqa: BLE001 - a broken connection is replaced at the next batch
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._conn = None
+
+    def _transaction(self, conn: PgConnection, calls: list[_Call]) -> list[tuple[bool, Any]]:
+        conn.wake = False
+        conn.raw.execute("BEGIN")
+        lock(conn, [key for _, _, fn, args in calls for key in q.lock_keys(fn, args)])
+        try:
+            results: list[tuple[bool, Any]] = [(True, fn(conn, *args)) for _, _, fn, args in calls]
+        except Exception as exc:
+            if _retryable(exc) or _connection_lost(exc):
+                raise
+            conn.raw.execute("ROLLBACK")
+            conn.wake = False
+            conn.raw.execute("BEGIN")
+            lock(conn, [key for _, _, fn, args in calls for key in q.lock_keys(fn, args)])
+            results = [self._isolated(conn, fn, args) for _, _, fn, args in calls]
+        if conn.wake:
+            conn.raw.execute(f"NOTIFY {CHANNEL}")
+        conn.raw.execute("COMMIT")
+        return results
+
+    @staticmethod
+    def _isolated(conn: PgConnection, fn: Callable[..., Any], args: tuple) -> tuple[bool, Any]:
+        conn.raw.execute("SAVEPOINT call")
+        try:
+            value = fn(conn, *args)
+        except Exception as exc:  # the caller gets its own error; the batch goes on
+            if _retryable(exc) or _connection_lost(exc):
+                raise
+            conn.raw.execute("ROLLBACK TO SAVEPOINT call")
+            return False, exc
+        conn.raw.execute("RELEASE SAVEPOINT call")
+        return True, value
+
+
+def _settle(fut: "asyncio.Future[Any]", ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A deadlock or serialization failure: the batch is redone."""
+    return getattr(exc, "sqlstate", None) in ("40P01", "40001")
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    import psycopg
+
+    return isinstance(exc, (psycopg.OperationalError, PostgresUnavailable))
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
