@@ -1,5 +1,6 @@
 """Durable acknowledgement at the process level: ``python -m bridge serve`` is SIGKILLed in the middle
-of a burst, and every delivery it answered 202 must be in the SQLite file with its exact payload.
+of a burst, and every delivery it answered 202 must be in the database (the SQLite file, or the
+PostgreSQL database) with its exact payload.
 
 Then the bridge is restarted on the same file (it must start and keep the jobs) and stopped with
 SIGTERM (it must exit 0 within its grace period).
@@ -37,8 +38,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config(tmp_path: Path, port: int) -> Path:
+def write_config(tmp_path: Path, port: int, database: str | None = None) -> Path:
+    """A bridge on ``database`` (a postgresql:// URL), else on a SQLite file in ``tmp_path``."""
     path = tmp_path / "bridge.toml"
+    where = f'url = "{database}"' if database else f'path = "{tmp_path / "bridge.db"}"'
     path.write_text(f"""
 log_level = "info"
 [server]
@@ -46,7 +49,7 @@ host = "127.0.0.1"
 port = {port}
 access_keys = ["{KEY}"]
 [database]
-path = "{tmp_path / 'bridge.db'}"
+{where}
 [worker]
 concurrency = 2
 retry_base_s = 3600
@@ -153,17 +156,26 @@ async def burst_then_kill(server: Server) -> tuple[dict[int, dict], int]:
     return acknowledged, failed
 
 
-def read_jobs(db_path: Path) -> dict[int, sqlite3.Row]:
-    with closing(sqlite3.connect(db_path)) as conn:
+def read_jobs(db: Path | str) -> dict[int, dict]:
+    """Every job in the database (a SQLite path or a postgresql:// URL), read outside the bridge."""
+    if isinstance(db, str):
+        import psycopg
+        from psycopg.rows import dict_row
+
+        with psycopg.connect(db, row_factory=dict_row) as conn:
+            return {row["id"]: row for row in conn.execute("SELECT id, status, payload FROM jobs")}
+    with closing(sqlite3.connect(db)) as conn:
         conn.row_factory = sqlite3.Row
-        return {row["id"]: row for row in conn.execute("SELECT id, status, payload FROM jobs")}
+        return {row["id"]: dict(row) for row in conn.execute("SELECT id, status, payload FROM jobs")}
 
 
-async def test_every_acknowledged_delivery_survives_sigkill_and_restart(tmp_path, servers):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_every_acknowledged_delivery_survives_sigkill_and_restart(tmp_path, servers, backend, request):
     """SIGKILL mid-burst loses no delivery answered 202; a restart keeps them all; SIGTERM then exits 0 in the grace period."""
     port = free_port()
-    config = write_config(tmp_path, port)
-    db_path = tmp_path / "bridge.db"
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    config = write_config(tmp_path, port, url)
+    db_path = url or tmp_path / "bridge.db"
     first = Server(config, port, tmp_path / "first.log")
     servers.append(first)
     await first.wait_healthy()
