@@ -21,6 +21,7 @@ import click
 from bridge.cli_common import (EX_CANTCREAT, EX_CONFIG, EX_NOINPUT, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE,
                                EX_USAGE, config_option, database, fail, load, run_async, scrub)
 from bridge.cli_jobs import contacts, jobs, rejected
+from bridge.cli_store import store
 from bridge.errors import ConfigError
 from bridge.store import operator
 from bridge.store.operator import transaction
@@ -37,6 +38,7 @@ def cli() -> None:
 cli.add_command(jobs)
 cli.add_command(contacts)
 cli.add_command(rejected)
+cli.add_command(store)
 
 
 class _SysexitsCommand(click.Command):
@@ -140,6 +142,9 @@ def backup(config: str | None, target: Path, force: bool) -> None:
     from bridge.store.operator import backup as copy_db
 
     settings = load(config)
+    if settings.database.backend == "postgresql":
+        fail("database.url is PostgreSQL: back it up with the database's own tools, e.g. "
+             "`pg_dump --format=custom DBNAME > bridge.dump` (this command copies a SQLite file)", EX_USAGE)
     if target.exists() and not force:
         fail(f"{target} exists; pass --force to overwrite it", EX_CANTCREAT)
     if target.resolve() == Path(settings.database.path).resolve():

@@ -57,16 +57,26 @@ def load(config: str | None, strict: bool = False) -> Settings:
 
 @contextmanager
 def database(settings: Settings, write: bool = False) -> Iterator[Any]:
-    """The existing database, read-only unless ``write``; exits 66 when it is missing (naming
-    ``database.path``) and 75 when its schema is not this bridge's."""
+    """The existing database (SQLite at ``database.path``, or PostgreSQL at ``database.url``),
+    read-only unless ``write``; exits 66 when it is missing (naming the key), 69 when PostgreSQL
+    cannot be reached, and 75 when its schema is not this bridge's."""
     from bridge.store.db import SchemaTooNew
-    from bridge.store.operator import DatabaseMissing, SchemaTooOld, open_existing
+    from bridge.store.operator import (DatabaseMissing, NotABridgeDatabase, SchemaTooOld, open_existing,
+                                       open_existing_url)
+    from bridge.store.pgdb import PostgresUnavailable
 
+    db = settings.database
     try:
-        with open_existing(settings.database.path, write=write, need_latest=write) as conn:
+        if db.backend == "postgresql":
+            opened = open_existing_url(db.url.get_secret_value(), write=write, need_latest=write)
+        else:
+            opened = open_existing(db.path, write=write, need_latest=write)
+        with opened as conn:
             yield conn
-    except DatabaseMissing as exc:
+    except (DatabaseMissing, NotABridgeDatabase) as exc:
         fail(str(exc), EX_NOINPUT)
+    except PostgresUnavailable as exc:
+        fail(f"database.url: {db.where}: {scrub(str(exc), settings)}", EX_UNAVAILABLE)
     except (SchemaTooNew, SchemaTooOld) as exc:
         fail(str(exc), EX_TEMPFAIL)
 

@@ -76,12 +76,54 @@ def _ownership(files: list[Path], account: pwd.struct_passwd | None) -> list[Fin
     return out
 
 
+def _dead_jobs(jobs: dict[str, int]) -> list[Finding]:
+    if not jobs.get("dead"):
+        return []
+    return [Finding("dead jobs", WARNING, f"{jobs['dead']} job(s) in the dead-letter state",
+                    "wp-sync-bridge jobs list --status dead; after fixing the cause: "
+                    "wp-sync-bridge jobs requeue --status dead")]
+
+
+def postgres_findings(settings: Settings) -> list[Finding]:
+    """Reachability and schema of ``database.url``; never creates or migrates anything."""
+    from bridge.store.db import SchemaTooNew
+    from bridge.store.operator import NotABridgeDatabase, latest_version, open_existing_url, read_version
+    from bridge.store.pgdb import PostgresUnavailable
+    from bridge.store.queue import counts
+
+    db = settings.database
+    out = [Finding("database.url", OK, f"PostgreSQL at {db.where} (several bridges may share it)")]
+    try:
+        with open_existing_url(db.url.get_secret_value(), need_latest=False) as conn:
+            version = read_version(conn)
+            jobs = counts(conn)
+    except NotABridgeDatabase:
+        return out + [Finding("database schema", WARNING, "no wp-sync-bridge queue in this database yet",
+                              "expected before the first start: serve creates it")]
+    except SchemaTooNew as exc:
+        return out + [Finding("database schema", PROBLEM, str(exc), "upgrade wp-sync-bridge", 75)]
+    except PostgresUnavailable as exc:
+        return [Finding("database.url", PROBLEM, f"{db.where}: {exc}",
+                        "is PostgreSQL running, and do the user, password and database name in database.url "
+                        "exist (psql with the same URL tells)?", 69)]
+    known = latest_version("postgresql")
+    if version < known:
+        out.append(Finding("database schema", WARNING, f"version {version}; serve will migrate it to {known}",
+                           "back it up first: pg_dump --format=custom DBNAME > bridge.dump"))
+    else:
+        out.append(Finding("database schema", OK, f"version {version}"))
+    return out + _dead_jobs(jobs)
+
+
 def database_findings(settings: Settings, service_user: str | None = None) -> list[Finding]:
-    """Path, ownership, writability and schema of ``database.path``; never creates anything."""
+    """Path, ownership, writability and schema of ``database.path`` (or reachability and schema of
+    ``database.url``); never creates anything."""
     from bridge.store.operator import DatabaseMissing, latest_version, open_existing, read_version
     from bridge.store.queue import counts
     from bridge.store.db import SchemaTooNew
 
+    if settings.database.backend == "postgresql":
+        return postgres_findings(settings)
     path = Path(settings.database.path)
     account = service_account(service_user)
     if not path.parent.is_dir():
@@ -123,11 +165,7 @@ def database_findings(settings: Settings, service_user: str | None = None) -> li
                            "back it up first: wp-sync-bridge backup PATH"))
     else:
         out.append(Finding("database schema", OK, f"version {version}"))
-    if jobs.get("dead"):
-        out.append(Finding("dead jobs", WARNING, f"{jobs['dead']} job(s) in the dead-letter state",
-                           "wp-sync-bridge jobs list --status dead; after fixing the cause: "
-                           "wp-sync-bridge jobs requeue --status dead"))
-    return out
+    return out + _dead_jobs(jobs)
 
 
 def _bridge_answers(host: str, port: int, path: str = "/healthz") -> bool:

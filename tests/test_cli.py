@@ -19,15 +19,15 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bridge", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
-@pytest.fixture
-def config(tmp_path) -> Path:
+def write_config(tmp_path: Path, database_url: str | None = None) -> Path:
     path = tmp_path / "bridge.toml"
+    database = f'url = "{database_url}"' if database_url else f'path = "{tmp_path / "bridge.db"}"'
     path.write_text(f"""
 [server]
 port = 0
 access_keys = ["{KEY}"]
 [database]
-path = "{tmp_path / 'bridge.db'}"
+{database}
 [wordpress]
 url = "http://127.0.0.1:9"
 application_password = "abcd efgh ijkl mnop"
@@ -37,6 +37,17 @@ base_url = "http://127.0.0.1:9/usercom/api/public"
 secrets = {{ token = "uc-secret-token" }}
 """)
     return path
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    return write_config(tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_config(request, tmp_path) -> Path:
+    """The configuration on each store."""
+    return write_config(tmp_path, request.getfixturevalue("pg_url") if request.param == "postgresql" else None)
 
 
 def test_placeholder_config_exits_78_naming_the_key():
@@ -61,8 +72,9 @@ def test_check_reports_unreachable_wordpress_with_69(config):
     assert "wordpress" in result.stdout and "127.0.0.1:9" in result.stdout and "problem" in result.stdout
 
 
-async def test_discover_shows_fields_masked_and_a_mapping(config):
+async def test_discover_shows_fields_masked_and_a_mapping(any_config):
     """discover prints what the CRM really sent (passwords masked) and a mapping block to paste."""
+    config = any_config
     bridge = Bridge(load_settings(config))
     await bridge.start()
     try:

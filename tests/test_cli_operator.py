@@ -1,6 +1,6 @@
-"""The operator CLI on a real database file: reading commands never create or migrate it, filters,
-readable and JSON output, a contact's history, bulk requeue keeping the failure history, replay
-of every rejected delivery, the online backup."""
+"""The operator CLI on a real database (a SQLite file; a PostgreSQL database): reading commands never
+create or migrate it, filters, readable and JSON output, a contact's history, bulk requeue keeping
+the failure history, replay of every rejected delivery, the online backup (SQLite's)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bridge.cli_format import parse_since, when
+from bridge.store import pgdb
 from bridge.store import queue as q
 from bridge.store.db import connect, migrate, migrations
 
@@ -24,14 +25,31 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bridge", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
-@pytest.fixture
-def config(tmp_path) -> Path:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path) -> Path | str:
+    """Where the database is: a SQLite file, or a PostgreSQL URL (a fresh schema)."""
+    return request.getfixturevalue("pg_url") if request.param == "postgresql" else tmp_path / "bridge.db"
+
+
+def open_db(where: Path | str):
+    """A migrated connection outside the CLI, with the queue's SQL face on either backend."""
+    if isinstance(where, str):
+        conn = pgdb.connect(where)
+        pgdb.migrate(conn)
+        return conn
+    conn = connect(where)
+    migrate(conn)
+    return conn
+
+
+def write_config(tmp_path: Path, where: Path | str) -> Path:
     path = tmp_path / "bridge.toml"
+    database = f'url = "{where}"' if isinstance(where, str) else f'path = "{where}"'
     path.write_text(f"""
 [server]
 access_keys = ["cli-access-key-1"]
 [database]
-path = "{tmp_path / 'bridge.db'}"
+{database}
 [wordpress]
 application_password = "abcd efgh ijkl mnop"
 [connections.cly]
@@ -45,6 +63,16 @@ secrets = {{ token = "uc-token-123" }}
     return path
 
 
+@pytest.fixture
+def config(tmp_path, backend) -> Path:
+    return write_config(tmp_path, backend)
+
+
+@pytest.fixture
+def sqlite_config(tmp_path) -> Path:
+    return write_config(tmp_path, tmp_path / "bridge.db")
+
+
 def _job(conn, now, connection, email, action="update", contact_id=None) -> q.Job:
     key = f"{connection}:id:{contact_id}" if contact_id else f"{connection}:email:{email}"
     payload = json.dumps({"connection": connection, "action": action, "email": email, "contact_id": contact_id})
@@ -54,11 +82,9 @@ def _job(conn, now, connection, email, action="update", contact_id=None) -> q.Jo
 
 
 @pytest.fixture
-def db(tmp_path) -> Path:
+def db(backend) -> Path | str:
     """Jobs of two connections: dead ones (with a retry before dying), a done one, an old dead one."""
-    path = tmp_path / "bridge.db"
-    conn = connect(path)
-    migrate(conn)
+    conn = open_db(backend)
     now = time.time()
     for connection, email, age_s in [("cly", "ada@example.com", 60), ("cly", "bob@example.com", 120),
                                      ("uc", "cy@example.com", 60), ("cly", "old@example.com", 3 * 86400)]:
@@ -69,7 +95,7 @@ def db(tmp_path) -> Path:
     done = _job(conn, now - 30, "cly", "ada@example.com", action="update_tags")
     q.finish(conn, now - 29, done, {"outcome": "updated"})
     conn.close()
-    return path
+    return backend
 
 
 def test_since_and_times_read_like_people_write_them():
@@ -82,13 +108,31 @@ def test_since_and_times_read_like_people_write_them():
     assert when(now - 300, now).endswith("(5 min ago)") and when(None) == "-"
 
 
-def test_reading_commands_on_a_missing_database_exit_66_and_create_nothing(config, tmp_path):
+def test_reading_commands_on_a_missing_database_exit_66_and_create_nothing(sqlite_config, tmp_path):
     """jobs list, jobs show, contacts history, rejected list, backup: 66 naming database.path; no file made."""
     for args in (["jobs", "list"], ["jobs", "show", "1"], ["contacts", "history", "a@b.c"], ["rejected", "list"],
                  ["jobs", "requeue", "--status", "dead"], ["backup", str(tmp_path / "b.db")]):
-        result = cli(*args, "-c", str(config))
+        result = cli(*args, "-c", str(sqlite_config))
         assert result.returncode == 66 and "database.path" in result.stderr, (args, result.stderr)
     assert not (tmp_path / "bridge.db").exists() and not (tmp_path / "bridge.db-wal").exists()
+
+
+def test_commands_on_an_empty_or_unreachable_postgresql_database_say_so_and_create_nothing(tmp_path, pg_url):
+    """No queue schema yet: 66 naming database.url, nothing created; a server that refuses: 69, the
+    password masked; backup: 64, pointing at pg_dump."""
+    config = write_config(tmp_path, pg_url)
+    for args in (["jobs", "list"], ["contacts", "history", "a@b.c"], ["rejected", "list"],
+                 ["jobs", "requeue", "--status", "dead"], ["discover", "cly"]):
+        result = cli(*args, "-c", str(config))
+        assert result.returncode == 66 and "database.url" in result.stderr, (args, result.stderr)
+    with pgdb.connect(pg_url).raw as raw:
+        assert raw.execute("SELECT to_regclass('jobs'), to_regclass('schema_version')").fetchone() == (None, None)
+    backup = cli("backup", str(tmp_path / "b.db"), "-c", str(config))
+    assert backup.returncode == 64 and "pg_dump" in backup.stderr
+    refused = write_config(tmp_path, "postgresql://wpsb:Sekret-pw-991@127.0.0.1:9/nowhere")
+    result = cli("jobs", "list", "-c", str(refused))
+    assert result.returncode == 69 and "database.url" in result.stderr, result.stderr
+    assert "Sekret-pw-991" not in result.stderr + result.stdout
 
 
 def test_jobs_list_filters_and_json(config, db):
@@ -126,13 +170,15 @@ def test_bulk_requeue_by_status_connection_and_since_keeps_history(config, db):
     out = cli("jobs", "requeue", "--status", "dead", "--connection", "cly", "--since", "1d", "-c", str(config))
     assert out.returncode == 0, out.stderr
     assert "summary: 2 requeued" in out.stdout
-    conn = sqlite3.connect(db)
-    statuses = dict(conn.execute("SELECT json_extract(payload, '$.email'), status FROM jobs WHERE action = 'update'"))
+    conn = open_db(db)
+    rows = conn.execute("SELECT payload, status FROM jobs WHERE action = 'update'").fetchall()
+    statuses = {json.loads(payload)["email"]: status for payload, status in rows}
     assert statuses == {"ada@example.com": "queued", "bob@example.com": "queued", "cy@example.com": "dead",
                         "old@example.com": "dead"}
-    events = [r[0] for r in conn.execute(
-        "SELECT event FROM job_history h JOIN jobs j ON j.id = h.job_id"
-        " WHERE json_extract(j.payload, '$.email') = 'ada@example.com' AND j.action = 'update' ORDER BY h.id")]
+    events = [event for event, payload in conn.execute(
+        "SELECT event, payload FROM job_history h JOIN jobs j ON j.id = h.job_id"
+        " WHERE j.action = 'update' ORDER BY h.id").fetchall() if json.loads(payload)["email"] == "ada@example.com"]
+    conn.close()
     assert events == ["retry", "dead", "requeued"]
     again = cli("jobs", "requeue", "--status", "dead", "--connection", "cly", "--since", "1d", "-c", str(config))
     assert "no job matched" in again.stdout
@@ -140,7 +186,7 @@ def test_bulk_requeue_by_status_connection_and_since_keeps_history(config, db):
     assert usage.returncode == 2
 
 
-def test_reading_does_not_migrate_an_older_database_but_writing_refuses(config, tmp_path):
+def test_reading_does_not_migrate_an_older_database_but_writing_refuses(sqlite_config, tmp_path):
     """A database of an older schema is read as is (not migrated); a write command exits 75."""
     path = tmp_path / "bridge.db"
     conn = connect(path)
@@ -151,15 +197,15 @@ def test_reading_does_not_migrate_an_older_database_but_writing_refuses(config, 
                 conn.execute(statement)
         conn.execute("INSERT INTO schema_version (version, name) VALUES (?, ?)", (version, name))
     conn.close()
-    assert cli("jobs", "list", "-c", str(config)).returncode == 0
+    assert cli("jobs", "list", "-c", str(sqlite_config)).returncode == 0
     assert sqlite3.connect(path).execute("SELECT MAX(version) FROM schema_version").fetchone() == (2,)
-    refused = cli("jobs", "requeue", "1", "-c", str(config))
+    refused = cli("jobs", "requeue", "1", "-c", str(sqlite_config))
     assert refused.returncode == 75 and "serve" in refused.stderr
 
 
 def test_replay_all_and_backup(config, db, tmp_path):
-    """rejected replay --all queues what now passes and sums up; backup makes a consistent copy."""
-    conn = connect(db)
+    """rejected replay --all queues what now passes and sums up; backup (SQLite) makes a consistent copy."""
+    conn = open_db(db)
     body = json.dumps({"type": "user.updated", "data": {"user": {"data": {"email": "re@example.com"}}}}).encode()
     for raw in (body, b"{broken"):
         q.reject(conn, time.time(), "cly", 400, "invalid_json", "POST", {"wpf_action": "update"}, "application/json", raw)
@@ -167,6 +213,10 @@ def test_replay_all_and_backup(config, db, tmp_path):
     out = cli("rejected", "replay", "--all", "-c", str(config))
     assert out.returncode == 1 and "summary: 1 queued, 1 still refused" in out.stdout
     assert "rejected 2: still refused" in out.stdout
+    listed = cli("rejected", "list", "-c", str(config)).stdout
+    assert "replayed as job" in listed and "invalid_json" in listed
+    if isinstance(db, str):
+        return  # PostgreSQL: backup points at pg_dump (test above)
 
     target = tmp_path / "copy.db"
     done = cli("backup", str(target), "-c", str(config))

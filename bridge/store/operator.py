@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bridge.errors import BridgeError
+from bridge.store import pgdb
 from bridge.store.db import SchemaTooNew, migrations
 
 SIDECARS = ("-wal", "-shm")
@@ -47,14 +48,16 @@ class SchemaTooOld(BridgeError):
         self.known = known
 
 
-def latest_version() -> int:
-    """The newest migration this bridge knows."""
-    known = migrations()
+def latest_version(backend: str = "sqlite") -> int:
+    """The newest migration this bridge knows for ``backend`` (each has its own numbering)."""
+    known = pgdb.migrations() if backend == "postgresql" else migrations()
     return known[-1][0] if known else 0
 
 
 def read_version(conn: sqlite3.Connection) -> int:
     """The database's schema version without creating anything (0 when it has none)."""
+    if pgdb.dialect(conn) == "postgresql":
+        return pgdb.read_version(conn)
     exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
     if not exists:
         return 0
@@ -104,6 +107,34 @@ def open_existing(path: Path | str, *, write: bool = False,
         _give_back(path, before)
 
 
+class NotABridgeDatabase(BridgeError):
+    """The PostgreSQL database has no wp-sync-bridge schema (operator commands never create one)."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            f"database.url: {where} holds no wp-sync-bridge queue yet; start the bridge once "
+            "(`wp-sync-bridge serve` migrates it), or correct database.url"
+        )
+
+
+@contextmanager
+def open_existing_url(url: str, *, write: bool = False, need_latest: bool = True) -> Iterator[Any]:
+    """A connection to an existing PostgreSQL queue: read-only unless ``write``; never migrates.
+    Raises PostgresUnavailable, NotABridgeDatabase, SchemaTooNew, or SchemaTooOld."""
+    conn = pgdb.connect(url, read_only=not write, application_name="wp-sync-bridge cli")
+    try:
+        version, known = pgdb.read_version(conn), latest_version("postgresql")
+        if version == 0:
+            raise NotABridgeDatabase(pgdb.shown_url(url))
+        if version > known:
+            raise SchemaTooNew(version, known)
+        if version < known and (write or need_latest):
+            raise SchemaTooOld(version, known)
+        yield conn
+    finally:
+        conn.close()
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """One write transaction: committed, or rolled back on any error."""
@@ -125,7 +156,7 @@ def _job(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def _filters(status: str | None, connection: str | None, contact: str | None,
-             since: float | None) -> tuple[str, list[Any]]:
+             since: float | None, postgres: bool = False) -> tuple[str, list[Any]]:
     where, args = [], []
     if status:
         where.append("status = ?")
@@ -136,8 +167,9 @@ def _filters(status: str | None, connection: str | None, contact: str | None,
     if contact:
         # contact_key is CONNECTION:id:ID or CONNECTION:email:EMAIL (lower-cased); the email is
         # also in the payload when the key is the CRM's ID.
+        email = "payload::json->>'email'" if postgres else "json_extract(payload, '$.email')"
         where.append("(contact_key LIKE ? ESCAPE '\\' OR contact_key LIKE ? ESCAPE '\\'"
-                     " OR lower(json_extract(payload, '$.email')) = ?)")
+                     f" OR lower({email}) = ?)")
         esc = contact.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         args += [f"%:id:{esc}", f"%:email:{esc.lower()}", contact.lower()]
     if since is not None:
@@ -150,7 +182,7 @@ def find_jobs(conn: sqlite3.Connection, *, status: str | None = None, connection
               contact: str | None = None, since: float | None = None, limit: int | None = 20,
               oldest_first: bool = False) -> list[dict[str, Any]]:
     """Jobs matching every given filter (``contact`` is an email or a CRM contact ID), without secrets."""
-    where, args = _filters(status, connection, contact, since)
+    where, args = _filters(status, connection, contact, since, pgdb.dialect(conn) == "postgresql")
     sql = f"SELECT * FROM jobs{where} ORDER BY id {'ASC' if oldest_first else 'DESC'}"
     if limit is not None:
         sql += " LIMIT ?"
@@ -176,6 +208,8 @@ def history(conn: sqlite3.Connection, job_ids: list[int]) -> dict[int, list[dict
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    if pgdb.dialect(conn) == "postgresql":
+        return conn.execute("SELECT to_regclass(?)", (name,)).fetchone()[0] is not None
     row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
     return row is not None
 
