@@ -28,7 +28,8 @@ LISTEN_ROUND_S = 5.0
 
 
 class PgReader(Reader):
-    """The read-only connection, in its own thread; a broken connection is replaced at the next read."""
+    """The read-only connection, in its own thread. A read that finds its connection lost (a
+    failover, a restart of PostgreSQL) is tried once more on a new one: reads are safe to repeat."""
 
     def __init__(self, url: str) -> None:
         super().__init__(shown_url(url))  # type: ignore[arg-type]
@@ -44,7 +45,7 @@ class PgReader(Reader):
             return super()._call(fn, args)
         except psycopg.OperationalError:
             self._drop()
-            raise
+            return super()._call(fn, args)
         except psycopg.Error:
             self._conn.raw.rollback()  # an aborted read transaction would refuse the next read
             raise
