@@ -22,8 +22,8 @@ def store() -> None:
 @click.option("--from", "source", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The SQLite database file (database.path); no bridge may run on it.")
 @click.option("--to", "target", envvar="WPSB_DATABASE__URL", required=True,
-              help="postgresql://USER[:PASSWORD]@HOST/DBNAME (or $WPSB_DATABASE__URL, which keeps the password "
-                   "out of the process list).")
+              help="postgresql://USER[:PASSWORD]@HOST/DBNAME (or $WPSB_DATABASE__URL, which keeps the "
+                   "password out of the process list).")
 def store_copy(source: Path, target: str) -> None:
     """Copy waiting and dead jobs, dedupe keys, webhooks, rejected deliveries and samples from a
     SQLite file to an empty PostgreSQL database (created schema included), in one transaction.
@@ -45,7 +45,8 @@ def store_copy(source: Path, target: str) -> None:
             dst = pgdb.connect(target, application_name="wp-sync-bridge store copy")
             try:
                 pgdb.migrate(dst)
-                with click.progressbar(length=total, label="copy jobs", file=sys.stderr, show_pos=True) as bar:
+                with click.progressbar(length=total, label="copy jobs", file=sys.stderr,
+                                       show_pos=True) as bar:
                     report = transfer.copy(src, dst, bar.update)
             finally:
                 dst.close()
@@ -77,5 +78,6 @@ def _stop_bridges_starting(source: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        fail(f"--from: a bridge is running on {source}; stop it first (systemctl stop wp-sync-bridge)", EX_TEMPFAIL)
+        fail(f"--from: a bridge is running on {source}; stop it first (systemctl stop wp-sync-bridge)",
+             EX_TEMPFAIL)
     return fd

@@ -197,11 +197,20 @@ async def test_customerly_bad_token_is_a_clear_permanent_failure(tmp_path, wp_st
     assert "wrong-token-value" not in job["last_error"]
 
 
-async def test_webhook_register_is_idempotent_and_unregister_uses_the_stored_id(tmp_path, wp_stack, fake_crm):
-    """register creates one subscription even when run twice; unregister deletes it by its stored ID."""
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_webhook_register_is_idempotent_and_unregister_uses_the_stored_id(tmp_path, wp_stack, fake_crm,
+                                                                               backend, request):
+    """register creates one subscription even when run twice; unregister deletes it by its stored ID
+    (the subscription kept in either store)."""
     settings = load_settings(None, **bridge_config(tmp_path, wp_stack, fake_crm, connections=connections(fake_crm)))
-    conn = connect(tmp_path / "hooks.db")
-    migrate(conn)
+    if backend == "postgresql":
+        from bridge.store import pgdb
+
+        conn = pgdb.connect(request.getfixturevalue("pg_url"))
+        pgdb.migrate(conn)
+    else:
+        conn = connect(tmp_path / "hooks.db")
+        migrate(conn)
     url = wh.hook_url(settings, "generic", "https://bridge.example.com")
     before = len(fake_crm.webhooks)
     first_id, created = await wh.register(conn, settings, "generic", url)

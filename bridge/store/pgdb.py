@@ -130,17 +130,16 @@ def lock(conn: Any, keys: Iterable[str]) -> None:
         return
     wanted = sorted(set(keys))
     if wanted:
-        conn.raw.execute("SELECT pg_advisory_xact_lock(h) FROM"
-                         " (SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest(%s::text[]) AS k ORDER BY h) AS s",
-                         (wanted,))
+        conn.raw.execute("SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h"
+                         " FROM unnest(%s::text[]) AS k ORDER BY h) AS s", (wanted,))
 
 
 def try_lock(conn: Any, keys: list[str]) -> set[str]:
     """The ``keys`` whose advisory lock this transaction got without waiting (all of them on SQLite)."""
     if dialect(conn) != "postgresql" or not keys:
         return set(keys)
-    rows = conn.raw.execute("SELECT k FROM unnest(%s::text[]) AS k WHERE pg_try_advisory_xact_lock(hashtextextended(k, 0))",
-                            (keys,)).fetchall()
+    rows = conn.raw.execute("SELECT k FROM unnest(%s::text[]) AS k"
+                            " WHERE pg_try_advisory_xact_lock(hashtextextended(k, 0))", (keys,)).fetchall()
     return {r[0] for r in rows}
 
 
@@ -160,7 +159,8 @@ def connect(url: str, *, autocommit: bool = True, read_only: bool = False,
         raise PostgresUnavailable("database.url is PostgreSQL but psycopg is not installed: "
                                   "pip install 'wp-sync-bridge[postgresql]'") from None
     try:
-        raw = psycopg.connect(url, autocommit=autocommit, application_name=application_name, connect_timeout=10)
+        raw = psycopg.connect(url, autocommit=autocommit, application_name=application_name,
+                              connect_timeout=10)
     except psycopg.Error as exc:
         raise PostgresUnavailable(_scrubbed(str(exc), url)) from None
     if read_only:
@@ -185,7 +185,8 @@ def migrations() -> list[tuple[int, str, str]]:
     numbers = [version for version, _, _ in out]
     if len(set(numbers)) != len(numbers):
         clash = sorted({n for n in numbers if numbers.count(n) > 1})
-        raise RuntimeError(f"migrations numbered {clash} more than once: renumber them (bridge/store/migrations_pg)")
+        raise RuntimeError(f"migrations numbered {clash} more than once: renumber them "
+                           "(bridge/store/migrations_pg)")
     return out
 
 
@@ -213,7 +214,8 @@ def migrate(conn: PgConnection) -> int:
                 continue
             with conn.raw.transaction():
                 conn.raw.execute(sql)
-                conn.raw.execute("INSERT INTO schema_version (version, name) VALUES (%s, %s)", (version, name))
+                conn.raw.execute("INSERT INTO schema_version (version, name) VALUES (%s, %s)",
+                                 (version, name))
             current = version
         return current
     finally:

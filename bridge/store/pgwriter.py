@@ -113,7 +113,8 @@ class PgWriter:
                     time.sleep(0.01 * (attempt + 1))
                     continue
                 log.error("db.commit_failed", error=_error_text(exc), calls=len(calls))
-                err = WriterUnavailable(f"the database write failed; the call was not committed: {_error_text(exc)}")
+                err = WriterUnavailable("the database write failed; the call was not committed: "
+                                        + _error_text(exc))
                 results = [(False, err)] * len(calls)
                 break
         self.batches += 1

@@ -32,6 +32,7 @@ TABLES = (
     ("webhooks", ("connection", "remote_id", "url", "created_at")),
 )
 CHUNK = 500
+MOVED = "status IN ('queued', 'running', 'dead')"
 
 
 class TargetNotEmpty(BridgeError):
@@ -49,10 +50,11 @@ class CopyReport:
 
 def jobs_to_move(src: sqlite3.Connection) -> int:
     """How many jobs a copy moves (for the progress bar)."""
-    return src.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running', 'dead')").fetchone()[0]
+    return src.execute(f"SELECT COUNT(*) FROM jobs WHERE {MOVED}").fetchone()[0]
 
 
-def copy(src: sqlite3.Connection, dst: PgConnection, progress: Callable[[int], None] = lambda n: None) -> CopyReport:
+def copy(src: sqlite3.Connection, dst: PgConnection,
+         progress: Callable[[int], None] = lambda n: None) -> CopyReport:
     """Copy ``src`` (a SQLite queue, latest schema) into ``dst`` (a migrated, empty PostgreSQL queue)
     in one transaction. Raises TargetNotEmpty."""
     report = CopyReport()
@@ -75,10 +77,11 @@ def copy(src: sqlite3.Connection, dst: PgConnection, progress: Callable[[int], N
     return report
 
 
-def _copy_jobs(src: sqlite3.Connection, dst: PgConnection, report: CopyReport, progress: Callable[[int], None]) -> None:
+def _copy_jobs(src: sqlite3.Connection, dst: PgConnection, report: CopyReport,
+               progress: Callable[[int], None]) -> None:
     columns = ", ".join(JOB_COLUMNS)
     marks = ", ".join(["%s"] * len(JOB_COLUMNS))
-    rows = src.execute(f"SELECT {columns} FROM jobs WHERE status IN ('queued', 'running', 'dead') ORDER BY id")
+    rows = src.execute(f"SELECT {columns} FROM jobs WHERE {MOVED} ORDER BY id")
     with dst.raw.cursor() as cur:
         while chunk := rows.fetchmany(CHUNK):
             jobs = [dict(zip(JOB_COLUMNS, row)) for row in chunk]
@@ -100,7 +103,7 @@ def _waiting(job: dict[str, Any]) -> dict[str, Any]:
 
 def _copy_history(src: sqlite3.Connection, dst: PgConnection, report: CopyReport) -> None:
     rows = src.execute("SELECT h.id, h.job_id, h.at, h.event, h.attempt, h.error FROM job_history AS h"
-                       " JOIN jobs AS j ON j.id = h.job_id WHERE j.status IN ('queued', 'running', 'dead')"
+                       f" JOIN jobs AS j ON j.id = h.job_id WHERE j.{MOVED}"
                        " ORDER BY h.id").fetchall()
     if rows:
         dst.raw.cursor().executemany("INSERT INTO job_history (id, job_id, at, event, attempt, error)"
