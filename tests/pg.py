@@ -16,7 +16,12 @@ SERVER = os.environ.get("WPSB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/po
 
 
 def _admin() -> psycopg.Connection:
-    return psycopg.connect(SERVER, autocommit=True, connect_timeout=5)
+    try:
+        return psycopg.connect(SERVER, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        raise RuntimeError(f"the tests of the PostgreSQL store need a server at {SERVER} ({exc}); start it "
+                           "(pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start) or name "
+                           "another in WPSB_TEST_PG") from None
 
 
 @pytest.fixture(scope="session")

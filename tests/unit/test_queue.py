@@ -334,3 +334,33 @@ async def test_two_bridges_on_one_postgresql_queue_keep_each_contact_in_order_an
     finally:
         for b in bridges:
             b.close()
+
+
+def test_postgresql_migrations_run_once_even_when_bridges_start_together(pg_url):
+    """Three bridges migrating one empty database at the same moment: each migration applied once,
+    all end at the latest version; a database newer than the code is refused, naming both versions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bridge.store import pgdb
+
+    def start() -> int:
+        conn = pgdb.connect(pg_url)
+        try:
+            return pgdb.migrate(conn)
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(3) as pool:
+        versions = list(pool.map(lambda _: start(), range(3)))
+    latest = pgdb.migrations()[-1][0]
+    assert versions == [latest] * 3
+    conn = pgdb.connect(pg_url)
+    try:
+        rows = conn.raw.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
+        assert [r[0] for r in rows] == [v for v, _, _ in pgdb.migrations()]
+        conn.raw.execute("INSERT INTO schema_version (version, name) VALUES (%s, 'future')", (latest + 1,))
+        with pytest.raises(SchemaTooNew) as info:
+            pgdb.migrate(conn)
+        assert info.value.found == latest + 1 and str(latest) in str(info.value)
+    finally:
+        conn.close()
