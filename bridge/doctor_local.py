@@ -84,6 +84,13 @@ def _dead_jobs(jobs: dict[str, int]) -> list[Finding]:
                     "wp-sync-bridge jobs requeue --status dead")]
 
 
+def _schema(version: int, known: int, backup: str) -> Finding:
+    if version < known:
+        return Finding("database schema", WARNING, f"version {version}; serve will migrate it to {known}",
+                       f"back it up first: {backup}")
+    return Finding("database schema", OK, f"version {version}")
+
+
 def postgres_findings(settings: Settings) -> list[Finding]:
     """Reachability and schema of ``database.url``; never creates or migrates anything."""
     from bridge.store.db import SchemaTooNew
@@ -106,12 +113,7 @@ def postgres_findings(settings: Settings) -> list[Finding]:
         return [Finding("database.url", PROBLEM, f"{db.where}: {exc}",
                         "is PostgreSQL running, and do the user, password and database name in database.url "
                         "exist (psql with the same URL tells)?", 69)]
-    known = latest_version("postgresql")
-    if version < known:
-        out.append(Finding("database schema", WARNING, f"version {version}; serve will migrate it to {known}",
-                           "back it up first: pg_dump --format=custom DBNAME > bridge.dump"))
-    else:
-        out.append(Finding("database schema", OK, f"version {version}"))
+    out.append(_schema(version, latest_version("postgresql"), "pg_dump --format=custom DBNAME > bridge.dump"))
     return out + _dead_jobs(jobs)
 
 
@@ -159,12 +161,7 @@ def database_findings(settings: Settings, service_user: str | None = None) -> li
     except (DatabaseMissing, OSError, Exception) as exc:  # a corrupt or foreign file
         return out + [Finding("database schema", PROBLEM, f"cannot read {path}: {exc}",
                               "is database.path really a wp-sync-bridge database?")]
-    known = latest_version()
-    if version < known:
-        out.append(Finding("database schema", WARNING, f"version {version}; serve will migrate it to {known}",
-                           "back it up first: wp-sync-bridge backup PATH"))
-    else:
-        out.append(Finding("database schema", OK, f"version {version}"))
+    out.append(_schema(version, latest_version(), "wp-sync-bridge backup PATH"))
     return out + _dead_jobs(jobs)
 
 

@@ -29,10 +29,11 @@ class SchemaTooNew(BridgeError):
         self.known = known
 
 
-def migrations() -> list[tuple[int, str, str]]:
-    """The packaged migrations as (version, name, sql), in order."""
+def migrations(folder: str = "migrations") -> list[tuple[int, str, str]]:
+    """The packaged migrations as (version, name, sql), in order (``folder``: SQLite's, or
+    ``migrations_pg`` for PostgreSQL's)."""
     out = []
-    for entry in resources.files("bridge.store").joinpath("migrations").iterdir():
+    for entry in resources.files("bridge.store").joinpath(folder).iterdir():
         m = _NAME.match(entry.name)
         if m:
             out.append((int(m.group(1)), entry.name, entry.read_text()))
@@ -41,7 +42,7 @@ def migrations() -> list[tuple[int, str, str]]:
     if len(set(numbers)) != len(numbers):
         # Two files with one number: the second would be skipped silently on every database.
         clash = sorted({n for n in numbers if numbers.count(n) > 1})
-        raise RuntimeError(f"migrations numbered {clash} more than once: renumber them (bridge/store/migrations)")
+        raise RuntimeError(f"migrations numbered {clash} more than once: renumber them (bridge/store/{folder})")
     return out
 
 

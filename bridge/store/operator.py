@@ -96,15 +96,18 @@ def open_existing(path: Path | str, *, write: bool = False,
         if write:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
-        version, known = read_version(conn), latest_version()
-        if version > known:
-            raise SchemaTooNew(version, known)
-        if version < known and (write or need_latest):
-            raise SchemaTooOld(version, known)
+        _check_version(read_version(conn), latest_version(), write or need_latest)
         yield conn
     finally:
         conn.close()
         _give_back(path, before)
+
+
+def _check_version(version: int, known: int, need_latest: bool) -> None:
+    if version > known:
+        raise SchemaTooNew(version, known)
+    if version < known and need_latest:
+        raise SchemaTooOld(version, known)
 
 
 class NotABridgeDatabase(BridgeError):
@@ -123,13 +126,10 @@ def open_existing_url(url: str, *, write: bool = False, need_latest: bool = True
     Raises PostgresUnavailable, NotABridgeDatabase, SchemaTooNew, or SchemaTooOld."""
     conn = pgdb.connect(url, read_only=not write, application_name="wp-sync-bridge cli")
     try:
-        version, known = pgdb.read_version(conn), latest_version("postgresql")
+        version = pgdb.read_version(conn)
         if version == 0:
             raise NotABridgeDatabase(pgdb.shown_url(url))
-        if version > known:
-            raise SchemaTooNew(version, known)
-        if version < known and (write or need_latest):
-            raise SchemaTooOld(version, known)
+        _check_version(version, latest_version("postgresql"), write or need_latest)
         yield conn
     finally:
         conn.close()

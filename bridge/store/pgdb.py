@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from importlib import resources
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from bridge.errors import BridgeError
 from bridge.store.db import SchemaTooNew
+from bridge.store.db import migrations as sqlite_migrations
 
-_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # One key for "a migration runs": instances starting together migrate one after the other.
 _MIGRATION_LOCK = 0x77707362  # "wpsb"
 CHANNEL = "wpsb_jobs"  # NOTIFY channel: work became due (one notification per commit)
@@ -176,18 +175,7 @@ def _scrubbed(text: str, url: str) -> str:
 
 def migrations() -> list[tuple[int, str, str]]:
     """The packaged PostgreSQL migrations as (version, name, sql), in order."""
-    out = []
-    for entry in resources.files("bridge.store").joinpath("migrations_pg").iterdir():
-        m = _NAME.match(entry.name)
-        if m:
-            out.append((int(m.group(1)), entry.name, entry.read_text()))
-    out.sort()
-    numbers = [version for version, _, _ in out]
-    if len(set(numbers)) != len(numbers):
-        clash = sorted({n for n in numbers if numbers.count(n) > 1})
-        raise RuntimeError(f"migrations numbered {clash} more than once: renumber them "
-                           "(bridge/store/migrations_pg)")
-    return out
+    return sqlite_migrations("migrations_pg")
 
 
 def read_version(conn: PgConnection) -> int:
