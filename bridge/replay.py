@@ -9,6 +9,7 @@ from bridge.core.auth import SIGNATURE_HEADERS, verify_signature
 from bridge.core.delivery import dedupe_key, parse_delivery
 from bridge.errors import BadDelivery
 from bridge.settings import Settings
+from bridge.store import aliases
 from bridge.store import queue as q
 
 
@@ -39,8 +40,10 @@ def replay_rejected(conn: sqlite3.Connection, settings: Settings, rejected_id: i
         return False, f"still refused: {err.code}: {err.message}"
     if delivery.action == "test":
         return False, "a test delivery has nothing to replay"
-    job_id, duplicate = q.enqueue(conn, now, dedupe_key(connection, query, body, None), settings.server.dedupe_window_s,
-                                  connection, delivery.action, delivery.contact_key, delivery.payload_json())
+    # Under the contact's one key, learning the link it states, as intake does (bridge.store.aliases).
+    job_id, duplicate, _ = aliases.enqueue_contact(
+        conn, now, dedupe_key(connection, query, body, None), settings.server.dedupe_window_s, connection,
+        delivery.action, delivery.contact_id, delivery.email, delivery.payload_json())
     q.mark_replayed(conn, rejected_id, job_id)
     return True, f"queued as job {job_id}" + (" (duplicate of an earlier delivery)" if duplicate else "")
 

@@ -26,6 +26,7 @@ import structlog
 
 from bridge.clients.crm import CrmClient
 from bridge.clients.wordpress import UpsertRequest, UpsertResult, WordPress
+from bridge.core.contacts import LINK_LOG, link
 from bridge.core.decide import generate_password
 from bridge.core.delivery import Delivery
 from bridge.core.emails import normalize_email
@@ -169,6 +170,8 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
                         request_id=f"{ctx.store.instance_id}-{job.id}" if plan.write_back else None)
     result = await (ctx.batcher.upsert(req) if ctx.batcher is not None else ctx.wordpress.upsert(req))
     ctx.forget_record(job)
+    if fetched or result.user_id is not None:  # the CRM's record or the WordPress user: the current email
+        await _learn_link(ctx, job, newest.connection, plan.upsert.get("contact_id"), plan.upsert["email"])
     if result.outcome == "skipped_privileged":
         log.warning("sync.skipped_privileged", job_id=job.id, connection=newest.connection, user_id=result.user_id)
     outcome = {
@@ -187,6 +190,21 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
         await ctx.store.save_stage(job, json.dumps(stage), sent_password)
         return await _write_back(ctx, job, crm, newest, stage, sent_password)
     return outcome
+
+
+async def _learn_link(ctx: SyncContext, job: Job, connection: str, contact_id: str | None, email: str) -> None:
+    """Learn that ``email`` is the contact's current email (``bridge.core.contacts``), so deliveries
+    naming only that email order with the contact ID. Never fails the job: the upsert is done, and
+    a link not learned now is learned by the contact's next delivery or run."""
+    if link(contact_id, email) is None:
+        return
+    try:
+        event = await ctx.store.learn_link(connection, contact_id, email)
+    except Exception as exc:  # the database refused the write: the job's result matters more
+        log.warning("contact.link_failed", job_id=job.id, connection=connection, error=f"{type(exc).__name__}: {exc}")
+        return
+    if (how := LINK_LOG.get(event)) is not None:
+        getattr(log, how[0])(how[1], job_id=job.id, connection=connection, contact_id=contact_id)
 
 
 async def _write_back(ctx: SyncContext, job: Job, crm: CrmClient, delivery: Delivery,

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from bridge.core.connector import ConnectorSpec
+from bridge.core.contacts import own_key
 from bridge.core.emails import normalize_email
 from bridge.core.paths import first_path, get_path
 from bridge.errors import BadDelivery
@@ -54,11 +55,9 @@ class Delivery:
 
     @property
     def contact_key(self) -> str:
-        """The key that orders a contact's jobs: the CRM contact ID, else the case-folded email."""
-        if self.contact_id and not (self.email and self.contact_id.casefold() == self.email.casefold()):
-            return f"{self.connection}:id:{self.contact_id}"
-        # A contact ID that is the email (Customerly) orders with it: Bob@x and bob@x are one contact.
-        return f"{self.connection}:email:{(self.email or self.contact_id or '').casefold()}"
+        """The delivery's own ordering key, before any learned link (``bridge.core.contacts``): the
+        CRM contact ID, else the case-folded email (an ID that is the email orders with the email)."""
+        return own_key(self.connection, self.contact_id, self.email)
 
     def to_payload(self) -> dict[str, Any]:
         """The JSON-safe form stored with the job."""

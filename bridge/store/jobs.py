@@ -20,6 +20,7 @@ from urllib.parse import quote
 import structlog
 
 from bridge.errors import BridgeError
+from bridge.store import aliases
 from bridge.store import queue as q
 from bridge.store.db import connect, migrate
 from bridge.store.leases import Lease, LeaseWatch
@@ -149,6 +150,23 @@ class JobStore:
         coroutine (see ``Writer.run``)."""
         return self._writer.run(q.enqueue, self.clock(), dedupe_key, window_s, connection, action, contact_key,
                                 payload, waiting_only)
+
+    def enqueue_contact(self, dedupe_key: str, window_s: float, connection: str, action: str,
+                        contact_id: str | None, email: str | None, payload: str,
+                        waiting_only: bool = False) -> Awaitable[tuple[int, bool, str]]:
+        """``enqueue`` under the contact's one ordering key, learning the link the delivery states
+        in the same transaction (``aliases.enqueue_contact``): (job_id, duplicate, link event).
+        Not a coroutine (see ``Writer.run``)."""
+        return self._writer.run(aliases.enqueue_contact, self.clock(), dedupe_key, window_s, connection, action,
+                                contact_id, email, payload, waiting_only)
+
+    async def learn_link(self, connection: str, contact_id: str, email: str) -> str | None:
+        """Learn a run's finding that ``email`` is the contact's current email (``aliases.learn``):
+        the event, or None when it was known already (checked on the reader first, so a settled
+        link costs no write)."""
+        if await self.reader.run(aliases.link_settled, connection, contact_id, email):
+            return None
+        return await self._writer.run(aliases.learn, self.clock(), connection, contact_id, email, True)
 
     async def reject(self, **fields: Any) -> int:
         """Keep a rejected delivery (see ``queue.reject``)."""

@@ -312,7 +312,7 @@ def finish(conn: sqlite3.Connection, now: float, job: Job, outcome: dict[str, An
             " WHERE id = ? AND merged_into = ? AND status = 'running'",
             [(merged_outcome, now, mid, job.id) for mid in job.merged],
         )
-    _advance(conn, job.contact_key)
+    _advance(conn, _line_of(conn, job))
     return True
 
 
@@ -344,7 +344,7 @@ def bury(conn: sqlite3.Connection, now: float, job: Job, error: str) -> bool:
         return False
     _remember(conn, now, job.id, "dead", job.attempts, error)
     _release_merged(conn, now, job)
-    _advance(conn, job.contact_key)
+    _advance(conn, _line_of(conn, job))
     return True
 
 
@@ -468,3 +468,10 @@ def ping(conn: sqlite3.Connection) -> bool:
     """A read that touches the file (readiness): raises when the database cannot be read."""
     conn.execute("SELECT version FROM schema_version LIMIT 1").fetchone()
     return True
+
+
+def _line_of(conn: sqlite3.Connection, job: Job) -> str:
+    """The key of the line the job is in now: a link learned while it ran may have moved it to its
+    contact's ID key (``bridge.store.aliases``)."""
+    row = conn.execute("SELECT contact_key FROM jobs WHERE id = ?", (job.id,)).fetchone()
+    return row[0] if row is not None else job.contact_key

@@ -19,6 +19,7 @@ from aiohttp.http_parser import HAS_BROTLI
 from aiohttp.web_protocol import RequestPayloadError
 
 from bridge.core.auth import SIGNATURE_HEADERS, key_matches, verify_signature
+from bridge.core.contacts import LINK_LOG
 from bridge.core.delivery import dedupe_key, event_id, parse_delivery, public_query
 from bridge.core.discovery import mask, shape
 from bridge.errors import BadDelivery
@@ -179,10 +180,12 @@ class Intake:
         event = event_id(self.specs[connection], request.headers, delivery.body)
         key = dedupe_key(connection, query, body, event)
         # Without the sender's event ID a repeat merges only into a job that still waits.
-        job_id, duplicate = await self.store.enqueue(
-            key, self.settings.server.dedupe_window_s, connection, delivery.action, delivery.contact_key,
-            delivery.payload_json(), event is None,
+        job_id, duplicate, linked = await self.store.enqueue_contact(
+            key, self.settings.server.dedupe_window_s, connection, delivery.action, delivery.contact_id,
+            delivery.email, delivery.payload_json(), event is None,
         )
+        if (how := LINK_LOG.get(linked)) is not None:  # a link learned or refused: see bridge.core.contacts
+            getattr(self.log, how[0])(how[1], connection=connection, contact_id=delivery.contact_id, job_id=job_id)
         if duplicate:
             self.metrics.delivery(connection, "duplicate")
             self.log.info("delivery.duplicate", connection=connection, job_id=job_id)

@@ -1,0 +1,87 @@
+"""The SQL of contact links (migration 0006): which email belongs to which CRM contact ID, so that
+one person's deliveries share one ordering key. The decisions are ``bridge.core.contacts``; each
+function here takes the writer's connection and runs inside its transaction (``queue.py``'s
+convention), so a link learned at intake and the job it keys commit together."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from bridge.core.contacts import ActiveJob, email_key, id_key, is_email_id, key_for, link, decide_link, plan_join
+from bridge.store import queue as q
+
+
+def linked(conn: sqlite3.Connection, connection: str, email: str) -> tuple[bool, str | None]:
+    """What is stored for a case-folded email: (a row exists, its contact ID; None: contested)."""
+    row = conn.execute("SELECT contact_id FROM contact_aliases WHERE connection = ? AND email = ?",
+                       (connection, email)).fetchone()
+    return (False, None) if row is None else (True, row[0])
+
+
+def link_settled(conn: sqlite3.Connection, connection: str, contact_id: str, email: str) -> bool:
+    """Whether learning this link (as a run's finding) would change nothing: the email is linked to
+    this ID and the ID to no other email. A read: the worker asks it before taking the writer."""
+    rows = conn.execute("SELECT email, contact_id FROM contact_aliases WHERE connection = ?"
+                        " AND (email = ? OR contact_id = ?)", (connection, email.casefold(), contact_id)).fetchall()
+    return [tuple(r) for r in rows] == [(email.casefold(), contact_id)]
+
+
+def learn(conn: sqlite3.Connection, now: float, connection: str, contact_id: str | None, email: str | None,
+          current: bool = False) -> str:
+    """Learn that ``email`` belongs to ``contact_id`` (see ``bridge.core.contacts``): ``new`` (linked;
+    the email key's jobs joined the ID's line), ``known``, ``conflict`` (the email named another ID:
+    now contested), ``contested``, ``deferred`` (both keys have a job in flight), or ``none`` (the
+    pair states no link). ``current``: the pair is the contact's current email (a run's finding),
+    so the ID's other emails are unlinked."""
+    pair = link(contact_id, email)
+    if pair is None:
+        return "none"
+    cid, folded = pair
+    decision = decide_link(*linked(conn, connection, folded), cid)
+    if decision == "conflict":
+        conn.execute("UPDATE contact_aliases SET contact_id = NULL, learned_at = ? WHERE connection = ? AND email = ?",
+                     (now, connection, folded))
+        return decision
+    if decision == "new":
+        if not _join(conn, connection, cid, folded):
+            return "deferred"
+        conn.execute("INSERT INTO contact_aliases (connection, email, contact_id, learned_at) VALUES (?, ?, ?, ?)",
+                     (connection, folded, cid, now))
+    if current and decision in ("new", "known"):
+        conn.execute("DELETE FROM contact_aliases WHERE connection = ? AND contact_id = ? AND email <> ?",
+                     (connection, cid, folded))
+    return decision
+
+
+def _join(conn: sqlite3.Connection, connection: str, contact_id: str, email: str) -> bool:
+    """Move every job of the email's key into the ID's line and give the line one head
+    (``plan_join``); False, moving nothing, when both lines have a job in flight."""
+    into, other = id_key(connection, contact_id), email_key(connection, email)
+    lines: dict[str, list[ActiveJob]] = {into: [], other: []}
+    for row in conn.execute("SELECT id, status, merged_into, contact_key FROM jobs WHERE contact_key IN (?, ?)"
+                            " AND status IN ('queued', 'running') ORDER BY id", (into, other)):
+        lines[row[3]].append(ActiveJob(row[0], row[1], row[2]))
+    plan = plan_join(lines[into], lines[other])
+    if plan is None:
+        return False
+    # Done and dead jobs move too: `contacts history` shows one line, and a requeue joins it.
+    moved = conn.execute("UPDATE jobs SET contact_key = ? WHERE contact_key = ?", (into, other)).rowcount
+    if moved and plan.head is not None:
+        conn.execute("UPDATE jobs SET head = CASE WHEN id = ? THEN 1 ELSE 0 END"
+                     " WHERE contact_key = ? AND status IN ('queued', 'running')", (plan.head, into))
+    return True
+
+
+def enqueue_contact(conn: sqlite3.Connection, now: float, dedupe_key: str, window_s: float, connection: str,
+                    action: str, contact_id: str | None, email: str | None, payload: str,
+                    waiting_only: bool = False) -> tuple[int, bool, str]:
+    """``queue.enqueue`` under the contact's one key, in the same transaction: the link the delivery
+    states is learned first (``learn``), then an email-only delivery takes the key of the ID its
+    email is linked to. Returns (job_id, duplicate, what the link did)."""
+    event = learn(conn, now, connection, contact_id, email)
+    linked_id = None
+    if email and (not contact_id or is_email_id(contact_id, email)):
+        linked_id = linked(conn, connection, email.casefold())[1]
+    key = key_for(connection, contact_id, email, linked_id)
+    job_id, duplicate = q.enqueue(conn, now, dedupe_key, window_s, connection, action, key, payload, waiting_only)
+    return job_id, duplicate, event
