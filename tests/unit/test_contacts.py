@@ -12,9 +12,13 @@ from bridge.core.delivery import parse_delivery
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 
-def sample(crm: str, name: str, connection: str = "c"):
+GENERIC = {"contact_id_paths": ["contact.id"], "email_paths": ["contact.email"], "default_action": "update"}
+
+
+def sample(crm: str, name: str, overrides: dict | None = None):
     body = (SAMPLES / crm / f"{name}.json").read_bytes()
-    return parse_delivery(connection, build_connector(crm), {}, "application/json", body)
+    query = {} if crm in ("rownd", "generic") else {"wpf_action": "update"}  # those name their action
+    return parse_delivery("c", build_connector(crm, overrides or {}), query, "application/json", body)
 
 
 def test_rownd_deliveries_state_the_link_and_order_on_the_user_id():
@@ -26,10 +30,11 @@ def test_rownd_deliveries_state_the_link_and_order_on_the_user_id():
     assert insert.contact_key == delete.contact_key == id_key("c", "0e223bd4-1324-49ff-b948-122eeaaa42d1")
 
 
-@pytest.mark.parametrize("crm,name", [("usercom", "new_user"), ("generic", "contact_event")])
-def test_deliveries_with_an_id_and_an_email_state_a_link(crm, name):
+@pytest.mark.parametrize("crm,name,overrides", [("usercom", "new_user", None), ("generic", "contact_event", GENERIC)])
+def test_deliveries_with_an_id_and_an_email_state_a_link(crm, name, overrides):
     """User.com's and the generic CRM's deliveries name both: the link is the ID and the folded email."""
-    d = sample(crm, name)
+    d = sample(crm, name, overrides)
+    assert d.contact_id and d.email
     assert link(d.contact_id, d.email) == (d.contact_id, d.email.casefold())
 
 
