@@ -90,6 +90,7 @@ class FakeCRM:
         self.requests: list[Recorded] = []
         self.webhooks: dict[str, dict] = {}
         self._failures: list[_Failure] = []
+        self._slow: list[list[Any]] = []
         self._customerly: dict[str, dict] = {}
         self._usercom: dict[int, dict] = {}
         self._usercom_tag_ids: dict[str, int] = {}
@@ -169,6 +170,7 @@ class FakeCRM:
         """Forget recorded requests and injected failures (not the stored contacts or webhooks)."""
         self.requests.clear()
         self._failures.clear()
+        self._slow.clear()
 
     def fail(self, path_prefix: str, *, status: int, times: int = 1, method: str | None = None,
              retry_after_s: float | None = None, body: Any = None, echo: bool = False) -> None:
@@ -181,6 +183,18 @@ class FakeCRM:
         error do (``{"error": {"message": "Invalid attributes: {...}", "code": status}}``)."""
         self._failures.append(_Failure(path_prefix, status, times, method.upper() if method else None,
                                        retry_after_s, body, echo))
+
+    def slow(self, path_prefix: str, delay_s: float, *, times: int = 1, method: str | None = None) -> None:
+        """Hold the next ``times`` requests whose path starts with ``path_prefix`` (and whose method is
+        ``method``, when given) for ``delay_s`` before answering them as usual (a slow CRM)."""
+        self._slow.append([path_prefix, delay_s, times, method.upper() if method else None])
+
+    async def _delay(self, request: web.Request) -> None:
+        for slow in self._slow:
+            if slow[2] > 0 and request.path.startswith(slow[0]) and slow[3] in (None, request.method):
+                slow[2] -= 1
+                await asyncio.sleep(slow[1])
+                return
 
     def _injected(self, request: web.Request) -> web.Response | None:
         for failure in self._failures:
@@ -208,6 +222,7 @@ class FakeCRM:
                        CIMultiDict(request.headers), raw, parsed)
         self.requests.append(rec)
         request[_RECORDED] = rec
+        await self._delay(request)
         response = self._injected(request)
         if response is None:  # not `or`: a Response is a mapping and an empty one is falsy
             response = await handler(request)
