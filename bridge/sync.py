@@ -192,7 +192,8 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
     return outcome
 
 
-async def _learn_link(ctx: SyncContext, job: Job, connection: str, contact_id: str | None, email: str) -> None:
+async def _learn_link(ctx: SyncContext, job: Job, connection: str, contact_id: str | None,
+                      email: str) -> None:
     """Learn that ``email`` is the contact's current email (``bridge.core.contacts``), so deliveries
     naming only that email order with the contact ID. Never fails the job: the upsert is done, and
     a link not learned now is learned by the contact's next delivery or run."""
@@ -201,7 +202,8 @@ async def _learn_link(ctx: SyncContext, job: Job, connection: str, contact_id: s
     try:
         event = await ctx.store.learn_link(connection, contact_id, email)
     except Exception as exc:  # the database refused the write: the job's result matters more
-        log.warning("contact.link_failed", job_id=job.id, connection=connection, error=f"{type(exc).__name__}: {exc}")
+        log.warning("contact.link_failed", job_id=job.id, connection=connection,
+                    error=f"{type(exc).__name__}: {exc}")
         return
     if (how := LINK_LOG.get(event)) is not None:
         getattr(log, how[0])(how[1], job_id=job.id, connection=connection, contact_id=contact_id)

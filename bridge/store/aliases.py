@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from bridge.core.contacts import ActiveJob, email_key, id_key, is_email_id, key_for, link, decide_link, plan_join
+from bridge.core.contacts import (ActiveJob, decide_link, email_key, id_key, is_email_id, key_for, link,
+                                  plan_join)
 from bridge.store import queue as q
 
 
@@ -22,7 +23,8 @@ def link_settled(conn: sqlite3.Connection, connection: str, contact_id: str, ema
     """Whether learning this link (as a run's finding) would change nothing: the email is linked to
     this ID and the ID to no other email. A read: the worker asks it before taking the writer."""
     rows = conn.execute("SELECT email, contact_id FROM contact_aliases WHERE connection = ?"
-                        " AND (email = ? OR contact_id = ?)", (connection, email.casefold(), contact_id)).fetchall()
+                        " AND (email = ? OR contact_id = ?)",
+                        (connection, email.casefold(), contact_id)).fetchall()
     return [tuple(r) for r in rows] == [(email.casefold(), contact_id)]
 
 
@@ -39,14 +41,14 @@ def learn(conn: sqlite3.Connection, now: float, connection: str, contact_id: str
     cid, folded = pair
     decision = decide_link(*linked(conn, connection, folded), cid)
     if decision == "conflict":
-        conn.execute("UPDATE contact_aliases SET contact_id = NULL, learned_at = ? WHERE connection = ? AND email = ?",
-                     (now, connection, folded))
+        conn.execute("UPDATE contact_aliases SET contact_id = NULL, learned_at = ?"
+                     " WHERE connection = ? AND email = ?", (now, connection, folded))
         return decision
     if decision == "new":
         if not _join(conn, connection, cid, folded):
             return "deferred"
-        conn.execute("INSERT INTO contact_aliases (connection, email, contact_id, learned_at) VALUES (?, ?, ?, ?)",
-                     (connection, folded, cid, now))
+        conn.execute("INSERT INTO contact_aliases (connection, email, contact_id, learned_at)"
+                     " VALUES (?, ?, ?, ?)", (connection, folded, cid, now))
     if current and decision in ("new", "known"):
         conn.execute("DELETE FROM contact_aliases WHERE connection = ? AND contact_id = ? AND email <> ?",
                      (connection, cid, folded))
@@ -58,8 +60,9 @@ def _join(conn: sqlite3.Connection, connection: str, contact_id: str, email: str
     (``plan_join``); False, moving nothing, when both lines have a job in flight."""
     into, other = id_key(connection, contact_id), email_key(connection, email)
     lines: dict[str, list[ActiveJob]] = {into: [], other: []}
-    for row in conn.execute("SELECT id, status, merged_into, contact_key FROM jobs WHERE contact_key IN (?, ?)"
-                            " AND status IN ('queued', 'running') ORDER BY id", (into, other)):
+    for row in conn.execute("SELECT id, status, merged_into, contact_key FROM jobs"
+                            " WHERE contact_key IN (?, ?) AND status IN ('queued', 'running') ORDER BY id",
+                            (into, other)):
         lines[row[3]].append(ActiveJob(row[0], row[1], row[2]))
     plan = plan_join(lines[into], lines[other])
     if plan is None:
@@ -83,5 +86,6 @@ def enqueue_contact(conn: sqlite3.Connection, now: float, dedupe_key: str, windo
     if email and (not contact_id or is_email_id(contact_id, email)):
         linked_id = linked(conn, connection, email.casefold())[1]
     key = key_for(connection, contact_id, email, linked_id)
-    job_id, duplicate = q.enqueue(conn, now, dedupe_key, window_s, connection, action, key, payload, waiting_only)
+    job_id, duplicate = q.enqueue(conn, now, dedupe_key, window_s, connection, action, key, payload,
+                                  waiting_only)
     return job_id, duplicate, event

@@ -157,8 +157,8 @@ class JobStore:
         """``enqueue`` under the contact's one ordering key, learning the link the delivery states
         in the same transaction (``aliases.enqueue_contact``): (job_id, duplicate, link event).
         Not a coroutine (see ``Writer.run``)."""
-        return self._writer.run(aliases.enqueue_contact, self.clock(), dedupe_key, window_s, connection, action,
-                                contact_id, email, payload, waiting_only)
+        return self._writer.run(aliases.enqueue_contact, self.clock(), dedupe_key, window_s, connection,
+                                action, contact_id, email, payload, waiting_only)
 
     async def learn_link(self, connection: str, contact_id: str, email: str) -> str | None:
         """Learn a run's finding that ``email`` is the contact's current email (``aliases.learn``):

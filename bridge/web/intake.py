@@ -184,8 +184,9 @@ class Intake:
             key, self.settings.server.dedupe_window_s, connection, delivery.action, delivery.contact_id,
             delivery.email, delivery.payload_json(), event is None,
         )
-        if (how := LINK_LOG.get(linked)) is not None:  # a link learned or refused: see bridge.core.contacts
-            getattr(self.log, how[0])(how[1], connection=connection, contact_id=delivery.contact_id, job_id=job_id)
+        if (how := LINK_LOG.get(linked)) is not None:  # a link learned or refused: bridge.core.contacts
+            getattr(self.log, how[0])(how[1], connection=connection, contact_id=delivery.contact_id,
+                                      job_id=job_id)
         if duplicate:
             self.metrics.delivery(connection, "duplicate")
             self.log.info("delivery.duplicate", connection=connection, job_id=job_id)

@@ -30,7 +30,8 @@ async def put(store, contact_id=None, email=None, action="update"):
     """Queue a distinct delivery naming ``contact_id`` and/or ``email``: (job_id, link event)."""
     n = next(_serial)
     payload = json.dumps({"contact_id": contact_id, "email": email, "n": n})
-    job_id, duplicate, event = await store.enqueue_contact(f"k{n}", 3600, "c", action, contact_id, email, payload)
+    job_id, duplicate, event = await store.enqueue_contact(f"k{n}", 3600, "c", action, contact_id, email,
+                                                           payload)
     assert duplicate is False
     return job_id, event
 

@@ -30,7 +30,8 @@ def test_rownd_deliveries_state_the_link_and_order_on_the_user_id():
     assert insert.contact_key == delete.contact_key == id_key("c", "0e223bd4-1324-49ff-b948-122eeaaa42d1")
 
 
-@pytest.mark.parametrize("crm,name,overrides", [("usercom", "new_user", None), ("generic", "contact_event", GENERIC)])
+@pytest.mark.parametrize("crm,name,overrides", [("usercom", "new_user", None),
+                                                ("generic", "contact_event", GENERIC)])
 def test_deliveries_with_an_id_and_an_email_state_a_link(crm, name, overrides):
     """User.com's and the generic CRM's deliveries name both: the link is the ID and the folded email."""
     d = sample(crm, name, overrides)
