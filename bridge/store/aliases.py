@@ -1,7 +1,8 @@
 """The SQL of contact links (migration 0006): which email belongs to which CRM contact ID, so that
 one person's deliveries share one ordering key. The decisions are ``bridge.core.contacts``; each
 function here takes the writer's connection and runs inside its transaction (``queue.py``'s
-convention), so a link learned at intake and the job it keys commit together."""
+convention), so a link learned at intake and the job it keys commit together. The SQL is plain
+(qmark placeholders, no SQLite-only syntax) for the PostgreSQL store's dialect adapter."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sqlite3
 from bridge.core.contacts import (ActiveJob, decide_link, email_key, id_key, is_email_id, key_for, link,
                                   plan_join)
 from bridge.store import queue as q
+from bridge.store.pgdb import lock
 
 
 def linked(conn: sqlite3.Connection, connection: str, email: str) -> tuple[bool, str | None]:
@@ -39,6 +41,8 @@ def learn(conn: sqlite3.Connection, now: float, connection: str, contact_id: str
     if pair is None:
         return "none"
     cid, folded = pair
+    # Both lines' heads may change (PostgreSQL: several bridges; nothing on SQLite's one writer).
+    lock(conn, [id_key(connection, cid), email_key(connection, folded)])
     decision = decide_link(*linked(conn, connection, folded), cid)
     if decision == "conflict":
         conn.execute("UPDATE contact_aliases SET contact_id = NULL, learned_at = ?"

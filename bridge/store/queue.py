@@ -471,7 +471,10 @@ def ping(conn: sqlite3.Connection) -> bool:
 
 
 def _line_of(conn: sqlite3.Connection, job: Job) -> str:
-    """The key of the line the job is in now: a link learned while it ran may have moved it to its
-    contact's ID key (``bridge.store.aliases``)."""
+    """The key of the line the job is in now, its lock held: a link learned while the job ran may
+    have moved it to its contact's ID key (``bridge.store.aliases``)."""
     row = conn.execute("SELECT contact_key FROM jobs WHERE id = ?", (job.id,)).fetchone()
-    return row[0] if row is not None else job.contact_key
+    key = row[0] if row is not None else job.contact_key
+    if key != job.contact_key:
+        lock(conn, [key])
+    return key
