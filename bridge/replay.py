@@ -6,6 +6,7 @@ import json
 import sqlite3
 
 from bridge.core.auth import SIGNATURE_HEADERS, verify_signature
+from bridge.core.contacts import links_from_deliveries
 from bridge.core.delivery import dedupe_key, parse_delivery
 from bridge.errors import BadDelivery
 from bridge.settings import Settings
@@ -43,7 +44,8 @@ def replay_rejected(conn: sqlite3.Connection, settings: Settings, rejected_id: i
     # Under the contact's one key, learning the link it states, as intake does (bridge.store.aliases).
     job_id, duplicate, _ = aliases.enqueue_contact(
         conn, now, dedupe_key(connection, query, body, None), settings.server.dedupe_window_s, connection,
-        delivery.action, delivery.contact_id, delivery.email, delivery.payload_json())
+        delivery.action, delivery.contact_id, delivery.email, delivery.payload_json(), False,
+        links_from_deliveries(conn_settings.fetch_contact and conn_settings.spec().fetch is not None))
     q.mark_replayed(conn, rejected_id, job_id)
     return True, f"queued as job {job_id}" + (" (duplicate of an earlier delivery)" if duplicate else "")
 

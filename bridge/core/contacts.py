@@ -10,6 +10,11 @@ transaction.
 
 The rules, in one place:
 
+- Where a link is learned from: on a connection that fetches contacts, only from a run's finding
+  (the CRM's record for the ID gives its email), because there the delivery only names the contact
+  and its access key may have leaked: a forged pair must not put one person's email-only jobs in
+  another ID's line (coalesced into a run that fetches the other ID). On a connection that does
+  not fetch, the delivery is the record: a delivery carrying both links them at intake.
 - An email is linked to one contact ID at most. An email seen with a second ID is *contested*: it
   is never linked again (two people are never merged: coalescing would do one person's job with
   the other's record), and its email-only deliveries keep their own email key.
@@ -63,6 +68,12 @@ def link(contact_id: str | None, email: str | None) -> tuple[str, str] | None:
     if not contact_id or not email or is_email_id(contact_id, email):
         return None
     return contact_id, email.casefold()
+
+
+def links_from_deliveries(fetches_contacts: bool) -> bool:
+    """Whether a delivery carrying an ID and an email links them at intake: only where the delivery
+    is the record (the connection does not fetch contacts from the CRM)."""
+    return not fetches_contacts
 
 
 def key_for(connection: str, contact_id: str | None, email: str | None, linked_id: str | None) -> str:

@@ -81,11 +81,12 @@ def _join(conn: sqlite3.Connection, connection: str, contact_id: str, email: str
 
 def enqueue_contact(conn: sqlite3.Connection, now: float, dedupe_key: str, window_s: float, connection: str,
                     action: str, contact_id: str | None, email: str | None, payload: str,
-                    waiting_only: bool = False) -> tuple[int, bool, str]:
+                    waiting_only: bool = False, learns: bool = True) -> tuple[int, bool, str]:
     """``queue.enqueue`` under the contact's one key, in the same transaction: the link the delivery
-    states is learned first (``learn``), then an email-only delivery takes the key of the ID its
-    email is linked to. Returns (job_id, duplicate, what the link did)."""
-    event = learn(conn, now, connection, contact_id, email)
+    states is learned first (``learn``; only when ``learns``, see ``links_from_deliveries``), then
+    an email-only delivery takes the key of the ID its email is linked to. Returns (job_id,
+    duplicate, what the link did)."""
+    event = learn(conn, now, connection, contact_id, email) if learns else "none"
     linked_id = None
     if email and (not contact_id or is_email_id(contact_id, email)):
         linked_id = linked(conn, connection, email.casefold())[1]

@@ -153,12 +153,12 @@ class JobStore:
 
     def enqueue_contact(self, dedupe_key: str, window_s: float, connection: str, action: str,
                         contact_id: str | None, email: str | None, payload: str,
-                        waiting_only: bool = False) -> Awaitable[tuple[int, bool, str]]:
+                        waiting_only: bool = False, learns: bool = True) -> Awaitable[tuple[int, bool, str]]:
         """``enqueue`` under the contact's one ordering key, learning the link the delivery states
-        in the same transaction (``aliases.enqueue_contact``): (job_id, duplicate, link event).
-        Not a coroutine (see ``Writer.run``)."""
+        (when ``learns``) in the same transaction (``aliases.enqueue_contact``): (job_id, duplicate,
+        link event). Not a coroutine (see ``Writer.run``)."""
         return self._writer.run(aliases.enqueue_contact, self.clock(), dedupe_key, window_s, connection,
-                                action, contact_id, email, payload, waiting_only)
+                                action, contact_id, email, payload, waiting_only, learns)
 
     async def learn_link(self, connection: str, contact_id: str, email: str) -> str | None:
         """Learn a run's finding that ``email`` is the contact's current email (``aliases.learn``):

@@ -19,7 +19,7 @@ from aiohttp.http_parser import HAS_BROTLI
 from aiohttp.web_protocol import RequestPayloadError
 
 from bridge.core.auth import SIGNATURE_HEADERS, key_matches, verify_signature
-from bridge.core.contacts import LINK_LOG
+from bridge.core.contacts import LINK_LOG, links_from_deliveries
 from bridge.core.delivery import dedupe_key, event_id, parse_delivery, public_query
 from bridge.core.discovery import mask, shape
 from bridge.errors import BadDelivery
@@ -183,6 +183,7 @@ class Intake:
         job_id, duplicate, linked = await self.store.enqueue_contact(
             key, self.settings.server.dedupe_window_s, connection, delivery.action, delivery.contact_id,
             delivery.email, delivery.payload_json(), event is None,
+            links_from_deliveries(conn.fetch_contact and self.specs[connection].fetch is not None),
         )
         if (how := LINK_LOG.get(linked)) is not None:  # a link learned or refused: bridge.core.contacts
             getattr(self.log, how[0])(how[1], connection=connection, contact_id=delivery.contact_id,
