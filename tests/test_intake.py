@@ -172,7 +172,8 @@ async def test_a_delivery_does_not_link_an_email_to_an_id_on_a_connection_that_f
     """Customerly fetches contacts: a delivery's own contact_id and email (its key may have leaked)
     link nothing at intake, so a later email-only delivery keeps its own email key."""
     email, contact_id = new_email("link"), "X-" + uuid.uuid4().hex[:8]
-    paired = assert_accepted(await served.send(customerly(email), query={"contact_id": contact_id, "email": email}))
+    query = {"contact_id": contact_id, "email": email}
+    paired = assert_accepted(await served.send(customerly(email), query=query))
     alone = assert_accepted(await served.send(customerly(email, n=2), action="update"))
     assert served.job(paired)["contact_key"] == f"customerly:id:{contact_id}"
     assert served.job(alone)["contact_key"] == f"customerly:email:{email}"
