@@ -47,3 +47,15 @@ async def test_an_email_keyed_and_an_id_keyed_delivery_run_in_arrival_order_one_
     assert user["first_name"] == "Grace" and wp.meta(user["id"], "rownd_contact_id") == uid
     _, third = await b.send(rownd("data_update", email, None, "Hopper"), path="/hooks/rownd")
     assert (await b.wait_job(third["job_id"]))["contact_key"] == f"rownd:id:{uid}"
+
+
+async def test_a_fetched_record_links_its_email_to_the_id(tmp_path, wp_stack, fake_crm, start_bridge):
+    """User.com is fetched: a delivery with only user.id links nothing itself, but the record the run
+    fetches gives the email, so a later delivery naming only that email is queued under the ID."""
+    b = await start_bridge(bridge_config(tmp_path, wp_stack, fake_crm, connections=connections(fake_crm)))
+    email = unique_email("fetched")
+    user = fake_crm.add_usercom_user(email=email, first_name="Una")
+    _, first = await b.send({"user": {"id": user["id"]}}, path="/hooks/usercom")
+    assert (await b.wait_job(first["job_id"]))["outcome"]["outcome"] == "created"
+    _, later = await b.send({"user": {"email": email.upper()}}, path="/hooks/usercom", wpf_action="update")
+    assert (await b.wait_job(later["job_id"]))["contact_key"] == f"usercom:id:{user['id']}"
