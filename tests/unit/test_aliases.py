@@ -19,9 +19,15 @@ class Clock:
         return self.t
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = JobStore.open(tmp_path / "q.db", clock=Clock())
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """The store under test, on each backend (the same SQL: bridge.store.pgdb)."""
+    if request.param == "postgresql":
+        from bridge.store.pgjobs import PgJobStore
+
+        s = PgJobStore.open(request.getfixturevalue("pg_url"), clock=Clock())
+    else:
+        s = JobStore.open(tmp_path / "q.db", clock=Clock())
     yield s
     s.close()
 
