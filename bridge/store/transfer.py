@@ -5,8 +5,9 @@ and the dead ones, each with its ID, attempts, stage and stored password (a writ
 it stopped), and its failure history; every dedupe key (a sender's retry after the move is still a
 duplicate); the webhook subscriptions, the rejected deliveries, the field-discovery samples and the
 contact links (an email's deliveries stay in its contact ID's line); and the database's identity
-(``instance``), so that the request IDs sent to WordPress stay those of the jobs' first runs. Done jobs stay behind (history only). The target's ID sequences continue after the
-source's highest IDs. The source is read, never changed: it is the way back.
+(``instance``), so that the request IDs sent to WordPress stay those of the jobs' first runs. Done
+jobs stay behind (history only). The target's ID sequences continue after the source's highest
+IDs. The source is read, never changed: it is the way back.
 
 The copy runs in one PostgreSQL transaction: it lands whole or not at all.
 """
