@@ -59,6 +59,14 @@ def learn(conn: sqlite3.Connection, now: float, connection: str, contact_id: str
     return decision
 
 
+def _learn_locks(now: float, connection: str, contact_id: str | None, email: str | None, *_: object) -> list[str]:
+    pair = link(contact_id, email)
+    return [] if pair is None else [id_key(connection, pair[0]), email_key(connection, pair[1])]
+
+
+learn.lock_keys = _learn_locks  # type: ignore[attr-defined]
+
+
 def _join(conn: sqlite3.Connection, connection: str, contact_id: str, email: str) -> bool:
     """Move every job of the email's key into the ID's line and give the line one head
     (``plan_join``); False, moving nothing, when both lines have a job in flight."""
@@ -94,3 +102,18 @@ def enqueue_contact(conn: sqlite3.Connection, now: float, dedupe_key: str, windo
     job_id, duplicate = q.enqueue(conn, now, dedupe_key, window_s, connection, action, key, payload,
                                   waiting_only)
     return job_id, duplicate, event
+
+
+def _enqueue_contact_locks(now: float, dedupe_key: str, window_s: float, connection: str, action: str,
+                           contact_id: str | None, email: str | None, *_: object) -> list[str]:
+    # Both of the person's keys and the dedupe key; the key of an ID the email is linked to is
+    # found while the call runs (a late lock: bridge.store.pgdb.lock).
+    keys = ["dedupe:" + dedupe_key, *_learn_locks(now, connection, contact_id, email)]
+    if contact_id:
+        keys.append(id_key(connection, contact_id))
+    if email:
+        keys.append(email_key(connection, email))
+    return keys
+
+
+enqueue_contact.lock_keys = _enqueue_contact_locks  # type: ignore[attr-defined]

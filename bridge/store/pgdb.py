@@ -11,8 +11,12 @@ index itself), ``IS ?`` becomes ``IS NOT DISTINCT FROM``, and rows answer to ``r
 ``SKIP LOCKED``, JSON, the catalogue), the SQL asks ``dialect(conn)``.
 
 Several bridges share one database: what SQLite gets from its single writer, PostgreSQL gets from
-per-contact advisory locks (``lock``), taken for a whole batch in one sorted order so that two
-batches never deadlock (``bridge.store.pgwriter``).
+per-contact advisory locks (``lock``). The writer takes the locks a batch's calls declare
+(``queue.lock_keys``) first, in one sorted order; a lock a call finds it needs only while it runs
+(a contact's line learned from a link) is then only *tried*: if another transaction holds it, the
+call raises ``LockLater`` and the writer redoes the batch with that key among the sorted ones. No
+transaction ever waits for a lock out of order, so two bridges' batches never deadlock
+(``bridge.store.pgwriter``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,15 @@ CHANNEL = "wpsb_jobs"  # NOTIFY channel: work became due (one notification per c
 
 class PostgresUnavailable(BridgeError):
     """psycopg is not installed, or the database cannot be reached."""
+
+
+class LockLater(Exception):
+    """A call needs advisory locks that another transaction holds, and its batch has taken its locks
+    already: the batch is redone with these among them (``bridge.store.pgwriter``)."""
+
+    def __init__(self, keys: set[str]) -> None:
+        super().__init__(f"{len(keys)} lock(s) held elsewhere")
+        self.keys = keys
 
 
 def is_url(value: object) -> bool:
@@ -103,6 +116,8 @@ class PgConnection:
         raw.row_factory = _rows
         # Set by a call whose commit makes work due; the writer sends one NOTIFY per commit.
         self.wake = False
+        # The keys a writer's batch locked up front (None outside a batch): others are only tried.
+        self.prelocked: set[str] | None = None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.raw.execute(translate(sql), params)
@@ -124,10 +139,18 @@ def dialect(conn: Any) -> str:
 def lock(conn: Any, keys: Iterable[str]) -> None:
     """Hold the advisory locks of ``keys`` (contact keys, dedupe keys) until the transaction ends;
     nothing on SQLite, whose single writer already serialises every write. Taken in one sorted
-    order; a key already held by this transaction is taken again at no cost."""
+    order; a key already held by this transaction is taken again at no cost. Inside a writer's
+    batch, a key it did not lock up front is tried: LockLater when another transaction holds it."""
     if dialect(conn) != "postgresql":
         return
     wanted = sorted(set(keys))
+    if conn.prelocked is not None:
+        late = [k for k in wanted if k not in conn.prelocked]
+        got = try_lock(conn, late)
+        conn.prelocked |= got
+        if len(got) < len(late):
+            raise LockLater(set(late) - got)
+        return
     if wanted:
         conn.raw.execute("SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h"
                          " FROM unnest(%s::text[]) AS k ORDER BY h) AS s", (wanted,))

@@ -6,7 +6,8 @@ A thread, not a process: psycopg releases the GIL while it waits on the server, 
 a batch's time. Each batch, in one transaction:
 
 1. takes the advisory locks of all its calls (``queue.lock_keys``) in one sorted order, so batches
-   of several bridges never wait on each other in a cycle;
+   of several bridges never wait on each other in a cycle (a lock a call needs beyond those is
+   only tried; held elsewhere, the batch is redone with it among the sorted ones: ``LockLater``);
 2. runs the calls without per-call SAVEPOINTs; if one fails, redoes the batch with a SAVEPOINT per
    call, so one failing call does not undo its neighbours;
 3. sends one ``NOTIFY`` when a call made work due (the other bridges wake), then commits.
@@ -27,13 +28,14 @@ from typing import Any, Awaitable, Callable, TypeVar
 import structlog
 
 from bridge.store import queue as q
-from bridge.store.pgdb import CHANNEL, PgConnection, PostgresUnavailable, connect, lock
+from bridge.store.pgdb import CHANNEL, LockLater, PgConnection, PostgresUnavailable, connect, lock
 from bridge.store.writer import WriterUnavailable
 
 T = TypeVar("T")
 log = structlog.get_logger("bridge.store")
 MAX_BATCH = 512
 REDO_LIMIT = 5
+LATE_LOCK_REDOS = 50  # a batch redone for a lock its calls found late (each redo locks it up front)
 
 _Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple]
 
@@ -102,14 +104,26 @@ class PgWriter:
                 self._commit(calls)
 
     def _commit(self, calls: list[_Call]) -> None:
-        for attempt in range(REDO_LIMIT):
+        extra: set[str] = set()
+        attempt = late = 0
+        while True:
             try:
                 conn = self._connected()
-                results = self._transaction(conn, calls)
+                results = self._transaction(conn, calls, extra)
+                break
+            except LockLater as exc:
+                self._discard()
+                extra |= exc.keys
+                late += 1
+                if late < LATE_LOCK_REDOS:
+                    continue
+                err = WriterUnavailable("the database write found its locks always taken; not committed")
+                results = [(False, err)] * len(calls)
                 break
             except Exception as exc:  # noqa: BLE001 - sorted out below, answered to the callers
                 self._discard()
-                if _retryable(exc) and attempt < REDO_LIMIT - 1:
+                attempt += 1
+                if _retryable(exc) and attempt < REDO_LIMIT:
                     time.sleep(0.01 * (attempt + 1))
                     continue
                 log.error("db.commit_failed", error=_error_text(exc), calls=len(calls))
@@ -142,24 +156,31 @@ class PgWriter:
                 pass
             self._conn = None
 
-    def _transaction(self, conn: PgConnection, calls: list[_Call]) -> list[tuple[bool, Any]]:
-        conn.wake = False
-        conn.raw.execute("BEGIN")
-        lock(conn, [key for _, _, fn, args in calls for key in q.lock_keys(fn, args)])
+    def _transaction(self, conn: PgConnection, calls: list[_Call], extra: set[str]) -> list[tuple[bool, Any]]:
+        keys = {key for _, _, fn, args in calls for key in q.lock_keys(fn, args)} | extra
         try:
-            results: list[tuple[bool, Any]] = [(True, fn(conn, *args)) for _, _, fn, args in calls]
-        except Exception as exc:
-            if _retryable(exc) or _connection_lost(exc):
-                raise
-            conn.raw.execute("ROLLBACK")
-            conn.wake = False
-            conn.raw.execute("BEGIN")
-            lock(conn, [key for _, _, fn, args in calls for key in q.lock_keys(fn, args)])
-            results = [self._isolated(conn, fn, args) for _, _, fn, args in calls]
-        if conn.wake:
-            conn.raw.execute(f"NOTIFY {CHANNEL}")
-        conn.raw.execute("COMMIT")
+            self._begin(conn, keys)
+            try:
+                results: list[tuple[bool, Any]] = [(True, fn(conn, *args)) for _, _, fn, args in calls]
+            except Exception as exc:
+                if isinstance(exc, LockLater) or _retryable(exc) or _connection_lost(exc):
+                    raise
+                conn.raw.execute("ROLLBACK")
+                self._begin(conn, keys)
+                results = [self._isolated(conn, fn, args) for _, _, fn, args in calls]
+            if conn.wake:
+                conn.raw.execute(f"NOTIFY {CHANNEL}")
+            conn.raw.execute("COMMIT")
+        finally:
+            conn.prelocked = None
         return results
+
+    @staticmethod
+    def _begin(conn: PgConnection, keys: set[str]) -> None:
+        conn.wake, conn.prelocked = False, None
+        conn.raw.execute("BEGIN")
+        lock(conn, keys)
+        conn.prelocked = set(keys)
 
     @staticmethod
     def _isolated(conn: PgConnection, fn: Callable[..., Any], args: tuple) -> tuple[bool, Any]:
@@ -167,7 +188,7 @@ class PgWriter:
         try:
             value = fn(conn, *args)
         except Exception as exc:  # the caller gets its own error; the batch goes on
-            if _retryable(exc) or _connection_lost(exc):
+            if isinstance(exc, LockLater) or _retryable(exc) or _connection_lost(exc):
                 raise
             conn.raw.execute("ROLLBACK TO SAVEPOINT call")
             return False, exc

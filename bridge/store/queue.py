@@ -114,13 +114,14 @@ def _job_locks(now: float, job: "Job", *_: Any) -> list[str]:
 
 
 def lock_keys(fn: Callable[..., Any], args: tuple) -> list[str]:
-    """The advisory locks a call of ``fn(conn, *args)`` takes: the PostgreSQL writer takes those of a
-    whole batch first, in one sorted order, so that two bridges' batches never deadlock."""
-    if fn is enqueue:
-        return _enqueue_locks(*args)
-    if fn in (finish, bury):
-        return _job_locks(*args)
-    return []
+    """The advisory locks a call of ``fn(conn, *args)`` declares (``fn.lock_keys``, set beside the
+    function): the PostgreSQL writer takes those of a whole batch first, in one sorted order, so
+    that two bridges' batches never deadlock (``bridge.store.pgdb.lock``)."""
+    keys_of = getattr(fn, "lock_keys", None)
+    return keys_of(*args) if keys_of is not None else []
+
+
+enqueue.lock_keys = _enqueue_locks  # type: ignore[attr-defined]
 
 
 def reject(conn: sqlite3.Connection, now: float, connection: str | None, status: int, reason: str,
@@ -316,6 +317,9 @@ def finish(conn: sqlite3.Connection, now: float, job: Job, outcome: dict[str, An
     return True
 
 
+finish.lock_keys = _job_locks  # type: ignore[attr-defined]
+
+
 def retry_later(conn: sqlite3.Connection, now: float, job: Job, run_at: float, error: str) -> bool:
     """Put a job back in the queue for ``run_at`` (still its contact's head); merged jobs go back
     to waiting behind it. Fenced (see ``save_stage``): False when fenced out."""
@@ -346,6 +350,9 @@ def bury(conn: sqlite3.Connection, now: float, job: Job, error: str) -> bool:
     _release_merged(conn, now, job)
     _advance(conn, _line_of(conn, job))
     return True
+
+
+bury.lock_keys = _job_locks  # type: ignore[attr-defined]
 
 
 def _remember(conn: sqlite3.Connection, now: float, job_id: int, event: str, attempt: int, error: str | None) -> None:

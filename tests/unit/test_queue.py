@@ -364,3 +364,37 @@ def test_postgresql_migrations_run_once_even_when_bridges_start_together(pg_url)
         assert info.value.found == latest + 1 and str(latest) in str(info.value)
     finally:
         conn.close()
+
+
+def late_locking_insert(conn, key):
+    """A call that finds out while it runs that it needs ``key``'s lock (like an email linked to an ID)."""
+    conn.execute("INSERT INTO samples (connection, received_at, body) VALUES ('late', 0, '{}')")
+    from bridge.store.pgdb import lock
+
+    lock(conn, [key])
+    return "done"
+
+
+async def test_a_lock_found_late_and_held_elsewhere_redoes_the_batch_without_waiting_out_of_order(pg_url):
+    """A call needing a lock its batch did not take up front only tries it; held by another
+    transaction, the batch is redone with it taken in sorted order: it waits for the holder, then
+    commits once (the first try's writes were rolled back)."""
+    import asyncio
+
+    import psycopg
+
+    from bridge.store.pgjobs import PgJobStore
+
+    store = PgJobStore.open(pg_url)
+    holder = psycopg.connect(pg_url)
+    try:
+        holder.execute("SELECT pg_advisory_xact_lock(hashtextextended('late-key', 0))")
+        call = asyncio.ensure_future(store.call(late_locking_insert, "late-key"))
+        await asyncio.sleep(0.5)
+        assert not call.done()  # waiting, in order, for the holder
+        holder.rollback()
+        assert await asyncio.wait_for(call, 5) == "done"
+        assert await store.call(count_samples) == 1
+    finally:
+        holder.close()
+        store.close()
