@@ -1,7 +1,8 @@
 """The worker's batching end to end (bridge → plugin batch upsert → real WordPress): upserts of jobs
 of distinct contacts that wait together go as one batch request, while each contact's jobs still
 run one at a time in arrival order and waiting updates still coalesce; one item that fails fails
-only its own job; a plugin that does not advertise the batch gets single upserts."""
+only its own job; a plugin that does not advertise the batch gets single upserts; a batch that is
+not full waits while another one is in flight."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import uuid
 
 import pytest
 
+from bridge.batching import UpsertBatcher
+from bridge.clients.wordpress import UpsertRequest, make_wordpress
+from bridge.settings import load_settings
 from tests.conftest import bridge_config
+from tests.fakes.tcp import Switch
 from tests.plugin_actors import Site, link_fault_plugin
 from tests.wp import WordPressProbe
 
@@ -111,3 +116,51 @@ async def test_a_plugin_without_the_batch_feature_gets_single_upserts(tmp_path, 
         assert await batch_counts(b) == (0.0, 0.0)
     finally:
         site.setup([{"op": "option", "name": "wpsb_test_hide_features", "value": None}])
+
+
+async def test_a_batch_that_is_not_full_waits_while_another_one_is_in_flight(wp_stack):
+    """Nagle's rule with 4 request slots: while a lone upsert's request is in flight (its answer held
+    by a proxy), upserts arriving wait instead of taking the free slots; once they fill a batch,
+    that batch goes at once; the rest go together when the first answer is back."""
+    proxy = Switch(wp_stack["WPSB_WP_URL"])
+    await proxy.start()
+    settings = load_settings(None, wordpress={"url": proxy.url, "username": wp_stack["WPSB_WP_USER"],
+                                              "application_password": wp_stack["WPSB_WP_APP_PASSWORD"]},
+                             worker={"http_attempts": 1})
+    wp = make_wordpress(settings)
+    sizes: list[int] = []
+    batcher = UpsertBatcher(lambda: wp, 5, 0.0, 4, on_batch=sizes.append)
+    tag = f"nag-{uuid.uuid4().hex[:8]}"
+    emails = [f"{tag}-{i}@example.com" for i in range(10)]
+
+    def upsert(email: str) -> asyncio.Task:
+        return asyncio.ensure_future(batcher.upsert(UpsertRequest(email=email, first_name="Nagle")))
+
+    async def requests_reach(n: int) -> None:
+        async with asyncio.timeout(10):
+            while proxy.requests < n:
+                await asyncio.sleep(0.01)
+
+    try:
+        assert (await batcher.upsert(UpsertRequest(email=emails[0]))).outcome == "created"  # learns the limit
+        proxy.hold()
+        sent = proxy.requests
+        first = upsert(emails[1])
+        await requests_reach(sent + 1)
+        waiting = [upsert(e) for e in emails[2:5]]
+        await asyncio.sleep(0.3)
+        assert proxy.requests == sent + 1 and sizes == []  # three upserts, four slots, none sent
+        waiting += [upsert(e) for e in emails[5:]]  # 8 waiting: a full batch of 5 goes
+        await requests_reach(sent + 2)
+        assert sizes == [5]
+        proxy.release()
+        results = await asyncio.gather(first, *waiting)
+        assert [r.outcome for r in results] == ["created"] * 9
+        assert sizes == [5, 3] and proxy.requests == sent + 3
+        probe = WordPressProbe(wp_stack)
+        assert all(probe.user_count(e) == 1 for e in emails)
+    finally:
+        proxy.release()
+        await batcher.close()
+        await wp.close()
+        await proxy.stop()

@@ -1,10 +1,16 @@
 """A TCP proxy that a test or benchmark takes down and brings back: the peer behind it looks
-unreachable (every connection, open or new, is cut at once) without stopping the real service."""
+unreachable (every connection, open or new, is cut at once) without stopping the real service.
+It can also hold the peer's answers back (``hold()``/``release()``), so that a test knows which
+requests are in flight, and it counts the requests it forwards (``requests``: reads that start
+with a request line; a client writes a request's head in one piece)."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from urllib.parse import urlsplit
+
+REQUEST_LINE = re.compile(rb"[A-Z]+ \S+ HTTP/1\.[01]\r\n")
 
 
 class Switch:
@@ -17,6 +23,9 @@ class Switch:
         self.path = parts.path
         self.up = True
         self.tried_while_down = 0
+        self.requests = 0
+        self._answers = asyncio.Event()
+        self._answers.set()
         self.url = ""
         self._open: set[asyncio.StreamWriter] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -35,6 +44,13 @@ class Switch:
     def back(self) -> None:
         self.up = True
 
+    def hold(self) -> None:
+        """Keep the peer's answers until ``release()`` (requests still reach it)."""
+        self._answers.clear()
+
+    def release(self) -> None:
+        self._answers.set()
+
     async def stop(self) -> None:
         self.down()
         self._server.close()
@@ -51,9 +67,13 @@ class Switch:
             return
         self._open.update((writer, up_writer))
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, answers: bool) -> None:
             try:
                 while data := await src.read(65536):
+                    if answers:
+                        await self._answers.wait()
+                    elif REQUEST_LINE.match(data):
+                        self.requests += 1
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -62,4 +82,4 @@ class Switch:
                 dst.close()
                 self._open.discard(dst)
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
