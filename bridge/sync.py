@@ -147,7 +147,8 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
     record, fetched = await ctx.fetched_record(job, crm, newest, conn.fetch_contact)
     wp = ctx.settings.wordpress
     roles = await ctx.site_roles()
-    password = job.secret or generate_password(wp.password_length)
+    # Only a password that goes back to the CRM is made here (see Plan.unusable_password).
+    password = job.secret or (generate_password(wp.password_length) if conn.return_password_field else None)
     plan = plan_upsert(deliveries, record, fetched, crm.spec, conn, wp, roles, password, 100 + secrets.randbelow(900))
     if plan.outcome is not None or plan.error is not None:
         ctx.forget_record(job)

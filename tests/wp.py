@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 
@@ -79,3 +80,33 @@ class WordPressProbe:
             async with s.post(self.url + "/wp-login.php", data=form, allow_redirects=False) as resp:
                 cookies = resp.headers.getall("Set-Cookie", [])
         return any(c.startswith("wordpress_logged_in_") for c in cookies)
+
+    async def reset_password(self, link: str, new_password: str) -> bool:
+        """Follow a mailed set-password link (``wp-login.php?action=rp&key=...&login=...``) as a
+        browser does and choose ``new_password``; whether WordPress said it was reset."""
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as s:
+            async with s.get(link, allow_redirects=False) as resp:  # the key goes into a cookie
+                assert resp.status in (302, 303), resp.status
+            key = parse_qs(urlsplit(link).query)["key"][0]
+            form = {"pass1": new_password, "pass2": new_password, "rp_key": key, "wp-submit": "Save Password"}
+            async with s.post(self.url + "/wp-login.php?action=resetpass", data=form) as resp:
+                page = await resp.text()
+        return "password has been reset" in page
+
+    async def ask_for_reset(self, login: str) -> None:
+        """Submit the "Lost your password?" form for ``login`` (WordPress mails a link)."""
+        async with aiohttp.ClientSession() as s:
+            form = {"user_login": login, "wp-submit": "Get New Password"}
+            async with s.post(self.url + "/wp-login.php?action=lostpassword", data=form,
+                              allow_redirects=False) as resp:
+                assert resp.status in (302, 303), (resp.status, (await resp.text())[:300])
+
+    def user_pass(self, user_id: int) -> str:
+        """The user's stored ``user_pass`` (a hash, or the plugin's unusable value)."""
+        sql = f"SELECT user_pass FROM wp_users WHERE ID = {int(user_id)}"
+        return subprocess.run(
+            ["mariadb", f"--socket={self.db['WPSB_DB_SOCKET']}", "-u", self.db["WPSB_DB_USER"],
+             f"-p{self.db['WPSB_DB_PASSWORD']}", "-N", "-B", self.db["WPSB_DB_NAME"], "-e", sql],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()

@@ -2,7 +2,7 @@
 /**
  * Plugin Name: WP Sync Bridge companion
  * Description: User find-or-create for the wp-sync-bridge daemon, over REST (wp-sync-bridge/v1) and XML-RPC (wpsb.*). Serialises account creation per email so concurrent webhooks never create duplicate users; never modifies a privileged user, never grants a privileged role, never touches protected meta.
- * Version: 2.1.0
+ * Version: 2.2.0
  * Requires at least: 6.0
  * Requires PHP: 7.4
  *
@@ -21,7 +21,7 @@
 
 defined( 'ABSPATH' ) || exit;
 
-define( 'WPSB_PLUGIN_VERSION', '2.1.0' );
+define( 'WPSB_PLUGIN_VERSION', '2.2.0' );
 // 2: privileged users skipped, protected meta and role grants refused (wordpress/SECURITY.md).
 define( 'WPSB_API_VERSION', 2 );
 define( 'WPSB_REST_NAMESPACE', 'wp-sync-bridge/v1' );
@@ -1828,7 +1828,7 @@ function wpsb_create_user( array $a ) {
 	$userdata = array(
 		'user_login' => wpsb_unique_login( null === $a['login'] ? $a['email'] : $a['login'] ),
 		'user_email' => $a['email'],
-		'user_pass'  => null === $a['password'] ? wp_generate_password( 24 ) : $a['password'],
+		'user_pass'  => null === $a['password'] ? '' : $a['password'],
 		'role'       => $role,
 	);
 	$changed  = array( 'email', 'login', 'role' );
@@ -1841,7 +1841,9 @@ function wpsb_create_user( array $a ) {
 	// wp_insert_user() expects slashed data, as core's REST controller passes it.
 	WPSB_Meta_Cache::follow_new( true );
 	try {
-		$user_id = wp_insert_user( wp_slash( $userdata ) );
+		$user_id = null === $a['password']
+			? WPSB_Unusable_Password::insert_user( wp_slash( $userdata ) )
+			: wp_insert_user( wp_slash( $userdata ) );
 		if ( is_wp_error( $user_id ) ) {
 			return wpsb_wrap_user_error( $user_id, 'wpsb_create_failed' );
 		}
@@ -1856,6 +1858,103 @@ function wpsb_create_user( array $a ) {
 		wp_new_user_notification( $user_id, null, 'user' );
 	}
 	return wpsb_upsert_result( get_userdata( $user_id ), 'created', $changed, $warnings );
+}
+
+/**
+ * A new user whose password nobody knows (no password given: the CRM has none and the bridge
+ * writes none back) gets an unusable value in user_pass instead of the hash of a throwaway one.
+ * Nobody can log in with either; the ways in (the welcome mail's set-password link, "Lost your
+ * password?") go through get_password_reset_key(), which never reads user_pass, and the password
+ * the user then chooses is hashed once, when it is set. What it saves: WordPress 6.8 hashes with
+ * bcrypt (cost 10: 50-70 ms of CPU here, more than the rest of a create; README.md).
+ *
+ * The value is "*" and 31 random letters and digits: wp_check_password() compares a value of at
+ * most 32 characters to the MD5 of the password in hex (6.1 and 6.8 alike), which never contains
+ * "*"; random per user, so the auth cookie's password fragment differs between users and changes
+ * with the first real password. It is put in place by the $wp_hasher override that core's
+ * wp_hash_password() honours before anything else (both lines), for the one call
+ * wp_insert_user() makes first on a create, and only when wp_hash_password() is core's own (a
+ * site that replaced it keeps hashing a throwaway password, as before).
+ */
+final class WPSB_Unusable_Password {
+
+	/** @var mixed The $wp_hasher this one stands in for (restored at its first use). */
+	private $previous;
+
+	/**
+	 * @param mixed $previous The $wp_hasher in place before.
+	 */
+	private function __construct( $previous ) {
+		$this->previous = $previous;
+	}
+
+	/**
+	 * wp_insert_user() for a new user, with an unusable password.
+	 *
+	 * @param array $userdata Slashed user data, user_pass empty.
+	 * @return int|WP_Error
+	 */
+	public static function insert_user( array $userdata ) {
+		global $wp_hasher;
+		if ( ! self::core_hashes() ) {
+			$userdata['user_pass'] = wp_generate_password( 24 );
+			return wp_insert_user( $userdata );
+		}
+		$previous  = isset( $wp_hasher ) ? $wp_hasher : null;
+		$wp_hasher = new self( $previous ); // phpcs:ignore WordPress.WP.GlobalVariablesOverride.Prohibited
+		try {
+			return wp_insert_user( $userdata );
+		} finally {
+			if ( $wp_hasher instanceof self ) { // wp_insert_user() failed before hashing
+				$wp_hasher = $previous; // phpcs:ignore WordPress.WP.GlobalVariablesOverride.Prohibited
+			}
+		}
+	}
+
+	/**
+	 * Whether wp_hash_password() is core's (which asks $wp_hasher first), not a plugin's.
+	 *
+	 * @return bool
+	 */
+	private static function core_hashes() {
+		$file = ( new ReflectionFunction( 'wp_hash_password' ) )->getFileName();
+		return realpath( $file ) === realpath( ABSPATH . WPINC . '/pluggable.php' );
+	}
+
+	/**
+	 * The one hash asked for: the unusable value; the previous hasher is back in place.
+	 *
+	 * @param string $password Ignored (empty).
+	 * @return string
+	 */
+	public function HashPassword( $password ) { // phpcs:ignore WordPress.NamingConventions.ValidFunctionName
+		unset( $password );
+		$this->restore();
+		return '*' . wp_generate_password( 31, false );
+	}
+
+	/**
+	 * Never asked for on a create; refuses (and steps aside) if it is.
+	 *
+	 * @param string $password Password.
+	 * @param string $hash     Hash.
+	 * @return bool
+	 */
+	public function CheckPassword( $password, $hash ) { // phpcs:ignore WordPress.NamingConventions.ValidFunctionName
+		unset( $password, $hash );
+		$this->restore();
+		return false;
+	}
+
+	/**
+	 * Put the previous $wp_hasher back.
+	 *
+	 * @return void
+	 */
+	private function restore() {
+		global $wp_hasher;
+		$wp_hasher = $this->previous; // phpcs:ignore WordPress.WP.GlobalVariablesOverride.Prohibited
+	}
 }
 
 /**

@@ -36,6 +36,9 @@ class Plan:
     # The password is generated (not the CRM's) and must be kept before the upsert (written back).
     password_generated: bool = False
     keep_password: bool = False
+    # A create with no password anyone will know (no CRM user_pass, no write-back): none is sent
+    # and the plugin stores an unusable one instead of hashing a throwaway (wordpress/SECURITY.md).
+    unusable_password: bool = False
     # CRM fields to write back if the upsert creates the user: attribute → "password"|"user_login"|"user_id".
     write_back: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -97,8 +100,8 @@ def plan_upsert(
 
     ``record``/``fetched``: the CRM's record when the connection fetched it (None: the CRM does not
     know the contact). ``conn``/``wp``: the connection's and WordPress settings. ``password``: the
-    one to use if a password must be generated (the job's kept one, else a fresh one), so that a
-    repeated run sends the same. ``login_number``: for the ``fnamenum`` username format.
+    one to use if a password must be generated for the write-back (the job's kept one, else a
+    fresh one), so that a repeated run sends the same; None when the connection writes none back. ``login_number``: for the ``fnamenum`` username format.
     """
     actions = [d.action for d in deliveries]
     action = effective_action(actions)
@@ -138,12 +141,12 @@ def plan_upsert(
     upsert["send_notification"] = any(d.action == "add" and d.send_notification for d in deliveries)
     if contact.user_pass:
         upsert["password"] = contact.user_pass
-    else:
+    elif conn.return_password_field:
         upsert["password"] = password
-        out.password_generated = True
-        out.keep_password = bool(conn.return_password_field)
-    if out.password_generated and conn.return_password_field:
+        out.password_generated = out.keep_password = True
         out.write_back[conn.return_password_field] = "password"
+    else:
+        out.unusable_password = True
     for wp_field, crm_field in conn.return_fields.items():
         out.write_back[crm_field] = wp_field
     return out

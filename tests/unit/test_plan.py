@@ -78,7 +78,7 @@ def test_an_add_among_merged_updates_keeps_create_and_the_welcome_mail():
     p = plan(deliveries)
     assert effective_action([d.action for d in deliveries]) == "add" and p.creating
     assert (p.upsert["create"], p.upsert["send_notification"], p.upsert["first_name"]) == (True, True, "Last")
-    assert p.upsert["login"] == "gene@example.com" and p.upsert["password"] == "Generated-pw-1"
+    assert p.upsert["login"] == "gene@example.com"
 
 
 def test_a_fetched_record_is_the_only_source_and_an_unknown_contact_plans_nothing():
@@ -112,6 +112,19 @@ def test_a_crm_password_is_used_and_never_written_back():
     del body["data"]["user"]["data"]["attributes"]["user_pass"]
     p = plan([delivery(body, "add", conn)], conn=conn)
     assert p.password_generated and p.keep_password and p.write_back == {"wp_password": "password"}
+
+
+def test_a_create_without_a_password_anyone_will_know_sends_none():
+    """No CRM user_pass and no write-back: no password is sent (the plugin stores an unusable one);
+    with return_password_field the generated one is sent and kept; an update never sends one."""
+    p = plan([delivery(generic_event(), "add")])
+    assert p.creating and p.unusable_password and "password" not in p.upsert and not p.write_back
+    conn = ConnectionSettings(crm="generic", connector=GENERIC_CONNECTOR, fetch_contact=False,
+                              return_password_field="wp_password")
+    p = plan([delivery(generic_event(), "add", conn)], conn=conn)
+    assert p.upsert["password"] == "Generated-pw-1" and p.keep_password and not p.unusable_password
+    p = plan([delivery(generic_event(), "update")])
+    assert not p.creating and not p.unusable_password and "password" not in p.upsert
 
 
 def test_tags_only_deliveries_never_create_and_touch_nothing_else():
