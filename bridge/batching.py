@@ -7,8 +7,8 @@ the worker); only its one upsert call goes through here, and it gets back its ow
 own typed error. Batches form like group commits: while every request slot is busy, upserts
 wait and go together in the next request. A batch that is not full goes only while no other
 batch that was not full is in flight (Nagle's rule, RFC 896, with requests for segments): the
-upserts arriving meanwhile wait for that request's answer, or until they fill a batch, and go
-together. Full batches take any free slot. With nothing in flight an upsert goes at once unless
+upserts arriving meanwhile wait for that request's answer (at most ``PARTIAL_HOLD_MAX_S``), or
+until they fill a batch, and go together. Full batches take any free slot. With nothing in flight an upsert goes at once unless
 other running jobs are still on their way to theirs; then it waits for them at most
 ``worker.batch_linger_s``. So a lone job is never held back, and idle latency does not grow.
 
@@ -39,6 +39,9 @@ FEATURE_TTL_S = 300.0
 # After a failed status request, single upserts for this long before asking again (no extra
 # request per job while WordPress is unreachable).
 STATUS_RETRY_S = 10.0
+# The longest a batch that is not full waits for another one in flight: a request that slow (a
+# lock wait, a retry) is not one whose answer is worth waiting for.
+PARTIAL_HOLD_MAX_S = 1.0
 
 
 class UpsertBatcher:
@@ -133,10 +136,19 @@ class UpsertBatcher:
                 self._tasks.spawn(self._flush(), "batching.flush")
 
     async def _hold_partial(self) -> None:
-        """While a batch that was not full is in flight, wait for its answer or a full batch."""
+        """While a batch that was not full is in flight, wait for its answer or a full batch, at
+        most PARTIAL_HOLD_MAX_S."""
+        deadline = self._monotonic() + PARTIAL_HOLD_MAX_S
         while self._partial_in_flight and len(self._pending) < self.batch_size:
+            left_s = deadline - self._monotonic()
+            if left_s <= 0:
+                return
             self._arrived.clear()
-            await self._arrived.wait()
+            try:
+                async with asyncio.timeout(left_s):
+                    await self._arrived.wait()
+            except TimeoutError:
+                return
 
     async def _linger(self) -> None:
         """Wait (up to linger_s) for running jobs still on their way, unless the batch is full."""

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 
 import pytest
 
-from bridge.batching import UpsertBatcher
+from bridge.batching import PARTIAL_HOLD_MAX_S, UpsertBatcher
 from bridge.clients.wordpress import UpsertRequest, make_wordpress
 from bridge.settings import load_settings
 from tests.conftest import bridge_config
@@ -121,7 +122,7 @@ async def test_a_plugin_without_the_batch_feature_gets_single_upserts(tmp_path, 
 async def test_a_batch_that_is_not_full_waits_while_another_one_is_in_flight(wp_stack):
     """Nagle's rule with 4 request slots: while a lone upsert's request is in flight (its answer held
     by a proxy), upserts arriving wait instead of taking the free slots; once they fill a batch,
-    that batch goes at once; the rest go together when the first answer is back."""
+    that batch goes at once; the rest go together after PARTIAL_HOLD_MAX_S without an answer."""
     proxy = Switch(wp_stack["WPSB_WP_URL"])
     await proxy.start()
     settings = load_settings(None, wordpress={"url": proxy.url, "username": wp_stack["WPSB_WP_USER"],
@@ -153,10 +154,12 @@ async def test_a_batch_that_is_not_full_waits_while_another_one_is_in_flight(wp_
         waiting += [upsert(e) for e in emails[5:]]  # 8 waiting: a full batch of 5 goes
         await requests_reach(sent + 2)
         assert sizes == [5]
+        held_at = time.monotonic()  # the 3 left wait for an answer, but not for ever
+        await requests_reach(sent + 3)
+        assert time.monotonic() - held_at >= PARTIAL_HOLD_MAX_S * 0.9 and sizes == [5, 3]
         proxy.release()
         results = await asyncio.gather(first, *waiting)
-        assert [r.outcome for r in results] == ["created"] * 9
-        assert sizes == [5, 3] and proxy.requests == sent + 3
+        assert [r.outcome for r in results] == ["created"] * 9 and proxy.requests == sent + 3
         probe = WordPressProbe(wp_stack)
         assert all(probe.user_count(e) == 1 for e in emails)
     finally:
