@@ -88,7 +88,7 @@ async def profile(env: dict[str, str], n: int, concurrency: int, workdir: Path) 
                 total_ms = sum(used.values()) / n * 1000
                 print(f"{phase:<9} {n / took_s:7.1f} users/s  last ack at {acked_s / took_s:4.0%} of the phase  "
                       f"batch {items / batches if batches else 0:4.1f} avg  CPU ms/user: {cpu}  "
-                      f"(all {total_ms:.2f}; {total_ms * n / took_s / 10:.0f}% of 2 cores)", flush=True)
+                      f"(all {total_ms:.2f}: {total_ms * n / took_s / 20:.0f}% of 2 cores)", flush=True)
     finally:
         await bridge.stop()
 
