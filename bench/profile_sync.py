@@ -67,14 +67,16 @@ async def profile(env: dict[str, str], n: int, concurrency: int, workdir: Path) 
     try:
         async with aiohttp.ClientSession() as session:
             async def send(action: str, last: str, i: int) -> None:
-                body = {"contact": {"email": f"prof-{tag}-{i}@example.com", "first_name": "Bench", "last_name": last},
-                        "delivery_id": uuid.uuid4().hex}
-                async with session.post(url, params={"wpf_action": action, "access_key": sync.KEY}, json=body) as resp:
+                contact = {"email": f"prof-{tag}-{i}@example.com", "first_name": "Bench", "last_name": last}
+                body = {"contact": contact, "delivery_id": uuid.uuid4().hex}
+                params = {"wpf_action": action, "access_key": sync.KEY}
+                async with session.post(url, params=params, json=body) as resp:
                     if resp.status != 202:
                         raise RuntimeError(f"bridge answered {resp.status}: {await resp.text()}")
 
-            for phase, action, last in (("create", "add", lambda i: str(i)), ("changed", "update", lambda i: f"c-{i}"),
-                                        ("unchanged", "update", lambda i: f"c-{i}")):
+            phases = (("create", "add", lambda i: str(i)), ("changed", "update", lambda i: f"c-{i}"),
+                      ("unchanged", "update", lambda i: f"c-{i}"))
+            for phase, action, last in phases:
                 before = {name: sum(cpu_s(p) for p in pids) for name, pids in procs.items()}
                 batches0, items0 = batch_counters(bridge)
                 started = time.perf_counter()
@@ -86,7 +88,8 @@ async def profile(env: dict[str, str], n: int, concurrency: int, workdir: Path) 
                 batches, items = (a - b for a, b in zip(batch_counters(bridge), (batches0, items0)))
                 cpu = "  ".join(f"{name} {used[name] / n * 1000:5.2f}" for name in procs)
                 total_ms = sum(used.values()) / n * 1000
-                print(f"{phase:<9} {n / took_s:7.1f} users/s  last ack at {acked_s / took_s:4.0%} of the phase  "
+                print(f"{phase:<9} {n / took_s:7.1f} users/s  "
+                      f"last ack at {acked_s / took_s:4.0%} of the phase  "
                       f"batch {items / batches if batches else 0:4.1f} avg  CPU ms/user: {cpu}  "
                       f"(all {total_ms:.2f}: {total_ms * n / took_s / 20:.0f}% of 2 cores)", flush=True)
     finally:

@@ -8,14 +8,15 @@ own typed error. Batches form like group commits: while every request slot is bu
 wait and go together in the next request. A batch that is not full goes only while no other
 batch that was not full is in flight (Nagle's rule, RFC 896, with requests for segments): the
 upserts arriving meanwhile wait for that request's answer (at most ``PARTIAL_HOLD_MAX_S``), or
-until they fill a batch, and go together. Full batches take any free slot. With nothing in flight an upsert goes at once unless
-other running jobs are still on their way to theirs; then it waits for them at most
-``worker.batch_linger_s``. So a lone job is never held back, and idle latency does not grow.
+until they fill a batch, and go together. Full batches take any free slot. With nothing in
+flight an upsert goes at once unless other running jobs are still on their way to theirs; then
+it waits for them at most ``worker.batch_linger_s``. So a lone job is never held back, and idle
+latency does not grow.
 
 Why the rule: WordPress's bootstrap (~13 ms of CPU here) is paid per request, an unchanged user in
 a batch costs ~0.8 ms. Without it, deliveries arriving a few at a time left a request slot free
 for each few, and batches of 4 cost WordPress 4.1 ms of CPU per user against 1.3 ms in batches of
-25 (``bench/sync.py`` and the README's benchmark section).
+25 (``bench/profile_sync.py`` and the README's benchmark section).
 
 A plugin that does not advertise the feature (or ``worker.batch_size = 1``) gets single upserts.
 """

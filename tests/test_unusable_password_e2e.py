@@ -40,7 +40,8 @@ async def created(b, email: str, **query: str) -> dict:
     return job["outcome"]
 
 
-async def test_the_welcome_mail_link_sets_the_first_password(tmp_path, wp_stack, fake_crm, start_bridge, mail_log):
+async def test_the_welcome_mail_link_sets_the_first_password(tmp_path, wp_stack, fake_crm, start_bridge,
+                                                             mail_log):
     """add with send_notification: user_pass is "*" and 31 random characters, per user; neither an
     empty password nor the stored value logs in; the mailed link sets a password that does."""
     b = await start_bridge(shop(tmp_path, wp_stack, fake_crm))
@@ -58,8 +59,8 @@ async def test_the_welcome_mail_link_sets_the_first_password(tmp_path, wp_stack,
     assert wp.user_pass(outcomes[0]["user_id"]).startswith(("$P$", "$wp$2y$"))
 
 
-async def test_lost_your_password_works_for_a_user_created_without_one(tmp_path, wp_stack, fake_crm, start_bridge,
-                                                                      mail_log):
+async def test_lost_your_password_works_for_a_user_created_without_one(tmp_path, wp_stack, fake_crm,
+                                                                      start_bridge, mail_log):
     """No welcome mail: "Lost your password?" mails a link, and the password chosen with it logs in."""
     b = await start_bridge(shop(tmp_path, wp_stack, fake_crm))
     wp = WordPressProbe(wp_stack)
@@ -72,7 +73,8 @@ async def test_lost_your_password_works_for_a_user_created_without_one(tmp_path,
     assert await wp.can_log_in(outcome["login"], chosen)
 
 
-async def test_a_password_written_back_to_the_crm_is_hashed_and_logs_in(tmp_path, wp_stack, fake_crm, start_bridge):
+async def test_a_password_written_back_to_the_crm_is_hashed_and_logs_in(tmp_path, wp_stack, fake_crm,
+                                                                        start_bridge):
     """Customerly with return_password_field: the generated password is a real hash and logs in."""
     b = await start_bridge(bridge_config(tmp_path, wp_stack, fake_crm))
     email = unique_email("wb")

@@ -1927,7 +1927,8 @@ final class WPSB_Unusable_Password {
 	 * @param string $password Ignored (empty).
 	 * @return string
 	 */
-	public function HashPassword( $password ) { // phpcs:ignore WordPress.NamingConventions.ValidFunctionName
+	// phpcs:ignore WordPress.NamingConventions.ValidFunctionName
+	public function HashPassword( $password ) {
 		unset( $password );
 		$this->restore();
 		return '*' . wp_generate_password( 31, false );
@@ -1940,7 +1941,8 @@ final class WPSB_Unusable_Password {
 	 * @param string $hash     Hash.
 	 * @return bool
 	 */
-	public function CheckPassword( $password, $hash ) { // phpcs:ignore WordPress.NamingConventions.ValidFunctionName
+	// phpcs:ignore WordPress.NamingConventions.ValidFunctionName
+	public function CheckPassword( $password, $hash ) {
 		unset( $password, $hash );
 		$this->restore();
 		return false;

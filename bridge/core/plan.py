@@ -101,7 +101,8 @@ def plan_upsert(
     ``record``/``fetched``: the CRM's record when the connection fetched it (None: the CRM does not
     know the contact). ``conn``/``wp``: the connection's and WordPress settings. ``password``: the
     one to use if a password must be generated for the write-back (the job's kept one, else a
-    fresh one), so that a repeated run sends the same; None when the connection writes none back. ``login_number``: for the ``fnamenum`` username format.
+    fresh one), so that a repeated run sends the same; None when the connection writes none back.
+    ``login_number``: for the ``fnamenum`` username format.
     """
     actions = [d.action for d in deliveries]
     action = effective_action(actions)
