@@ -2,7 +2,8 @@
 unchanged updates): the rate, when the last delivery was acknowledged (the intake's share of the
 phase), the mean batch size, and the CPU each process spent per user, read from /proc: the bridge
 process (its event loop also runs this benchmark's sender, as in ``bench/sync.py``), the database
-writer child, the ``php -S`` workers and MariaDB.
+writer child, the ``php -S`` workers and MariaDB. First, what WordPress spends (PHP and MariaDB
+CPU) on one batch request of 1, 4, 10, 25 and 50 unchanged users, one request at a time.
 
     python bench/profile_sync.py [--contacts 300] [--concurrency 4] [--rounds 2]
 
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sync  # noqa: E402  (bench/sync.py: the same stack, settings and sender)
 
 from bridge.app import Bridge  # noqa: E402
+from bridge.clients.wordpress import UpsertRequest, make_wordpress  # noqa: E402
 from bridge.logs import configure  # noqa: E402
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -55,6 +57,30 @@ def batch_counters(bridge: Bridge) -> tuple[float, float]:
     """(batch requests, upserts in them) so far."""
     sample = bridge.metrics.registry.get_sample_value
     return sample("wpsb_wordpress_batches_total") or 0.0, sample("wpsb_wordpress_batch_items_total") or 0.0
+
+
+async def wordpress_cost(env: dict[str, str], workdir: Path) -> None:
+    """PHP + MariaDB CPU per unchanged user, by batch size, one request at a time."""
+    settings = sync.Bridged(env, 1, workdir).settings("cost")
+    wp = make_wordpress(settings)
+    tag = uuid.uuid4().hex[:8]
+    users = [UpsertRequest(email=f"cost-{tag}-{i}@example.com", first_name="Bench", last_name="Cost")
+             for i in range(50)]
+    procs = [p for pids in stack_processes(env).values() for p in pids]
+    try:
+        await wp.upsert_batch(users[:25])
+        await wp.upsert_batch(users[25:])  # created: from here on every upsert is unchanged
+        for size in (1, 4, 10, 25, 50):
+            requests = max(4, 100 // size)
+            before = sum(cpu_s(p) for p in procs)
+            for r in range(requests):
+                batch = users[(r * size) % 50:][:size] or users[:size]
+                await (wp.upsert(batch[0]) if size == 1 else wp.upsert_batch(batch))
+            used_ms = (sum(cpu_s(p) for p in procs) - before) * 1000
+            print(f"WordPress CPU, batches of {size:2}: {used_ms / requests:5.1f} ms per request, "
+                  f"{used_ms / requests / size:4.2f} ms per unchanged user", flush=True)
+    finally:
+        await wp.close()
 
 
 async def profile(env: dict[str, str], n: int, concurrency: int, workdir: Path) -> None:
@@ -108,6 +134,7 @@ async def main() -> None:
         print(sync.wordpress_version(env), flush=True)
         await sync.Direct(env, args.concurrency).warm_up()
         with tempfile.TemporaryDirectory() as tmp:
+            await wordpress_cost(env, Path(tmp))
             for _ in range(args.rounds):
                 await profile(env, args.contacts, args.concurrency, Path(tmp))
     finally:

@@ -15,8 +15,8 @@ latency does not grow.
 
 Why the rule: WordPress's bootstrap (~13 ms of CPU here) is paid per request, an unchanged user in
 a batch costs ~0.8 ms. Without it, deliveries arriving a few at a time left a request slot free
-for each few, and batches of 4 cost WordPress 4.1 ms of CPU per user against 1.3 ms in batches of
-25 (``bench/profile_sync.py`` and the README's benchmark section).
+for each few, and batches of 4 cost WordPress 4.1-5.2 ms of CPU per user against 1.3-1.4 ms in
+batches of 25 (``bench/profile_sync.py`` and the README's benchmark section).
 
 A plugin that does not advertise the feature (or ``worker.batch_size = 1``) gets single upserts.
 """
