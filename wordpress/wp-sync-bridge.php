@@ -1897,7 +1897,7 @@ final class WPSB_Unusable_Password {
 	public static function insert_user( array $userdata ) {
 		global $wp_hasher;
 		if ( ! self::core_hashes() ) {
-			$userdata['user_pass'] = wp_generate_password( 24 );
+			$userdata['user_pass'] = wp_slash( wp_generate_password( 24 ) );
 			return wp_insert_user( $userdata );
 		}
 		$previous  = isset( $wp_hasher ) ? $wp_hasher : null;
