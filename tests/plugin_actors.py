@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SETUP_PHP = ROOT / "wordpress" / "test-support" / "wpsb-test-setup.php"
 HIDDEN_ROLE_PLUGIN = ROOT / "wordpress" / "test-support" / "wpsb-test-hidden-role.php"
 FAULT_PLUGIN = ROOT / "wordpress" / "test-support" / "wpsb-test-db-fault.php"
+JOURNAL_PLUGIN = ROOT / "wordpress" / "test-support" / "wpsb-test-meta-journal.php"
 CONTACT_KEY = "customerly_contact_id"
 TAGS_KEY = "customerly_tags"
 BRIDGE_CAPS = {"read", "list_users", "create_users", "edit_users", "promote_users"}
@@ -161,6 +162,14 @@ def link_fault_plugin(site: Site) -> None:
     link = site.site_dir / "wp-content" / "mu-plugins" / FAULT_PLUGIN.name
     if not link.is_symlink():
         os.symlink(FAULT_PLUGIN, link)
+
+
+def link_journal_plugin(site: Site) -> None:
+    """Link wpsb-test-meta-journal.php into the test site (each change of the user meta
+    journal_seq also adds a journal_seq_log row, in WordPress's commit order)."""
+    link = site.site_dir / "wp-content" / "mu-plugins" / JOURNAL_PLUGIN.name
+    if not link.is_symlink():
+        os.symlink(JOURNAL_PLUGIN, link)
 
 
 def role(name: str) -> str:
