@@ -129,6 +129,9 @@ class DatabaseSettings(_Section):
     # postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME selects the PostgreSQL store (several bridges on
     # one queue); unset, the SQLite file at ``path`` (one bridge).
     url: SecretStr | None = None
+    # PostgreSQL only: a commit that made work due sends one NOTIFY, so the other bridges claim it at
+    # once; false leaves them to find it at their next poll (worker.poll_interval_s).
+    notify: bool = True
 
     @field_validator("url")
     @classmethod

@@ -45,7 +45,7 @@ PER_CONTACT = 10  # seq 1 is the add (creates the user, writes its password back
 SENDERS = 40
 KILL_AFTER = 700  # acknowledged deliveries before instance 1 is SIGKILLed
 DOWN_S = 2.0  # then restarted after this
-LEASE_S = 3.0  # a dead instance's jobs are taken over after about this (renewals every lease_s / 3)
+LEASE_S = 4.0  # a dead instance's jobs are taken over after about this (renewals every lease_s / 3)
 DRAIN_TIMEOUT_S = 90
 
 

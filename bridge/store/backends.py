@@ -14,5 +14,5 @@ def open_store(database: Any) -> JobStore:
     if database.backend == "postgresql":
         from bridge.store.pgjobs import PgJobStore
 
-        return PgJobStore.open(database.url.get_secret_value())
+        return PgJobStore.open(database.url.get_secret_value(), notify=database.notify)
     return JobStore.open(database.path)

@@ -69,16 +69,18 @@ class PgJobStore(JobStore):
         self._listener: Any = None
 
     @classmethod
-    def open(cls, url: str, clock: Callable[[], float] = time.time) -> "PgJobStore":  # type: ignore[override]
-        """Connect, migrate (bridges starting together take turns) and start the writer. Raises
-        PostgresUnavailable (the message names no password) or SchemaTooNew."""
+    def open(cls, url: str, clock: Callable[[], float] = time.time,  # type: ignore[override]
+             notify: bool = True) -> "PgJobStore":
+        """Connect, migrate (bridges starting together take turns) and start the writer (sending
+        ``NOTIFY`` on commits that make work due unless ``notify`` is false: database.notify).
+        Raises PostgresUnavailable (the message names no password) or SchemaTooNew."""
         conn = connect(url)
         try:
             migrate(conn)
             instance_id = conn.execute("SELECT id FROM instance").fetchone()[0]
         finally:
             conn.close()
-        writer = PgWriter(url)
+        writer = PgWriter(url, notify=notify)
         writer.start()
         store = cls(url, writer, clock)
         store.instance_id = instance_id

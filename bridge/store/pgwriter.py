@@ -10,7 +10,8 @@ a batch's time. Each batch, in one transaction:
    only tried; held elsewhere, the batch is redone with it among the sorted ones: ``LockLater``);
 2. runs the calls without per-call SAVEPOINTs; if one fails, redoes the batch with a SAVEPOINT per
    call, so one failing call does not undo its neighbours;
-3. sends one ``NOTIFY`` when a call made work due (the other bridges wake), then commits.
+3. sends one ``NOTIFY`` when a call made work due (the other bridges wake; not with
+   ``database.notify = false``), then commits.
 
 A deadlock or serialization failure anyway (an operator's command in between) redoes the batch.
 A lost connection fails the calls in flight with ``WriterUnavailable`` (intake answers 503, the
@@ -43,8 +44,9 @@ _Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., An
 class PgWriter:
     """``run(fn, *args)`` queues ``fn(conn, *args)`` for the next committed batch."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, notify: bool = True) -> None:
         self.url = url
+        self.notify = notify  # false: peers find new work by polling only (database.notify)
         self.batches = 0
         self.calls = 0
         self._inbox: threading_queue.SimpleQueue[_Call | None] = threading_queue.SimpleQueue()
@@ -168,7 +170,7 @@ class PgWriter:
                 conn.raw.execute("ROLLBACK")
                 self._begin(conn, keys)
                 results = [self._isolated(conn, fn, args) for _, _, fn, args in calls]
-            if conn.wake:
+            if conn.wake and self.notify:
                 conn.raw.execute(f"NOTIFY {CHANNEL}")
             conn.raw.execute("COMMIT")
         finally:

@@ -398,3 +398,40 @@ async def test_a_lock_found_late_and_held_elsewhere_redoes_the_batch_without_wai
     finally:
         holder.close()
         store.close()
+
+
+async def test_database_notify_false_sends_no_notify_and_polling_still_finds_the_job(pg_url):
+    """With database.notify = false a bridge's commits wake no peer (it finds the job at its next
+    poll); with the default, a peer's listener is told of the new job."""
+    import asyncio
+
+    from bridge.settings import load_settings
+    from bridge.store.backends import open_store
+    from bridge.store.pgjobs import PgJobStore
+
+    quiet = open_store(load_settings(None, database={"url": pg_url, "notify": False}).database)
+    loud, peer = PgJobStore.open(pg_url), PgJobStore.open(pg_url)
+    woken: list[float] = []
+    watching = asyncio.ensure_future(peer.watch(lambda: woken.append(asyncio.get_running_loop().time())))
+    try:
+        for _ in range(200):
+            if peer._listener is not None:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # LISTEN is in place
+        await put(quiet, "q", "add")
+        await asyncio.sleep(1.0)
+        assert woken == []
+        assert [job.contact_key for job in await peer.claim(8, 60)] == ["q"]  # what a poll finds
+        await put(loud, "l", "add")
+        for _ in range(300):
+            if woken:
+                break
+            await asyncio.sleep(0.01)
+        assert len(woken) == 1
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+        await peer.close_listener()
+        for store in (quiet, loud, peer):
+            store.close()
