@@ -195,8 +195,6 @@ class Setup:
             self.procs.append(subprocess.Popen([sys.executable, "-m", "bridge", "serve", "--config", str(config)],
                                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                                start_new_session=True))
-            if i == 0 and backend == "postgresql":
-                asyncio.run(_healthy([port], [self.procs[0]]))  # the first one migrates alone
 
     async def healthy(self) -> None:
         await _healthy(self.ports, self.procs)
@@ -254,10 +252,12 @@ async def _healthy(ports: list[int], procs: list[subprocess.Popen], timeout_s: f
 
 
 async def intake_phase(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, float]]:
-    setups = [Setup(*spec, workdir / "intake", args.pg, None) for spec in INTAKE_SETUPS]
-    runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in setups}
-    answered: dict[str, int] = {s.name: 0 for s in setups}
+    setups: list[Setup] = []
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in INTAKE_SETUPS}
+    answered: dict[str, int] = {name: 0 for name, *_ in INTAKE_SETUPS}
     try:
+        for spec in INTAKE_SETUPS:
+            setups.append(Setup(*spec, workdir / "intake", args.pg, None))
         for s in setups:
             await s.healthy()
         for rnd in range(1, args.rounds + 1):

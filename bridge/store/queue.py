@@ -74,6 +74,9 @@ def enqueue(
     work: WP Fusion-style senders send the same URL and body for every change of a contact.
     """
     lock(conn, _enqueue_locks(now, dedupe_key, window_s, connection, action, contact_key))
+    if dialect(conn) == "postgresql":
+        return enqueue_answer(conn, enqueue_sent(conn, now, dedupe_key, window_s, connection, action, contact_key,
+                                                 payload, waiting_only))
     row = conn.execute(
         "SELECT d.job_id, d.received_at, j.status, j.attempts FROM deliveries AS d"
         " LEFT JOIN jobs AS j ON j.id = d.job_id WHERE d.dedupe_key = ?",
@@ -99,6 +102,47 @@ def enqueue(
         (dedupe_key, job_id, now),
     )
     if not busy:
+        wake(conn)
+    return job_id, False
+
+
+# enqueue above as one statement, for PostgreSQL, where each statement is a round trip to the server:
+# the same reads (a repeat within the window; whether the contact already has an active job, which
+# makes the new job its head or not) and the same two inserts.
+_ENQUEUE_PG = """
+WITH prior AS (
+    SELECT d.job_id FROM deliveries AS d LEFT JOIN jobs AS j ON j.id = d.job_id
+    WHERE d.dedupe_key = ? AND d.received_at >= ? AND (NOT ? OR (j.status = 'queued' AND j.attempts = 0))
+), busy AS (
+    SELECT 1 FROM jobs WHERE contact_key = ? AND status IN ('queued', 'running') LIMIT 1
+), job AS (
+    INSERT INTO jobs (connection, action, contact_key, payload, run_at, head, budget_from, created_at, updated_at)
+    SELECT ?, ?, ?, ?, ?, CASE WHEN EXISTS (SELECT 1 FROM busy) THEN 0 ELSE 1 END, ?, ?, ?
+    WHERE NOT EXISTS (SELECT 1 FROM prior)
+    RETURNING id, head
+), kept AS (
+    INSERT INTO deliveries (dedupe_key, job_id, received_at) SELECT ?, id, ? FROM job
+    ON CONFLICT (dedupe_key) DO UPDATE SET job_id = excluded.job_id, received_at = excluded.received_at
+)
+SELECT (SELECT job_id FROM prior), (SELECT id FROM job), (SELECT head FROM job)
+"""
+
+
+def enqueue_sent(conn: Any, now: float, dedupe_key: str, window_s: float, connection: str, action: str,
+                 contact_key: str, payload: str, waiting_only: bool = False) -> Any:
+    """PostgreSQL: send ``enqueue``'s statement (its locks already held) and return the cursor
+    without reading the answer, so that the writer can pipeline a batch's enqueues (one round trip
+    for all); ``enqueue_answer`` reads it."""
+    return conn.execute(_ENQUEUE_PG, (dedupe_key, now - window_s, bool(waiting_only), contact_key, connection,
+                                      action, contact_key, payload, now, now, now, now, dedupe_key, now))
+
+
+def enqueue_answer(conn: Any, cursor: Any) -> tuple[int, bool]:
+    """``enqueue``'s result from the answer to ``enqueue_sent``: (job_id, duplicate)."""
+    prior, job_id, head = cursor.fetchone()
+    if prior is not None:
+        return prior, True
+    if head:
         wake(conn)
     return job_id, False
 

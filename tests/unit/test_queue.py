@@ -191,6 +191,31 @@ async def test_a_failing_call_does_not_undo_its_batch_neighbours(store):
     assert await store.call(count_samples) == 0
 
 
+async def test_enqueues_of_one_batch_see_each_other_and_a_failing_one_fails_alone(store):
+    """Deliveries committed together (pipelined on PostgreSQL): a key repeated in the batch is a
+    duplicate of its first job, a contact's second job is not its head, and an enqueue that fails
+    (a payload the table refuses) fails alone."""
+    import asyncio
+
+    window = 3600
+    results = await asyncio.gather(
+        store.enqueue("k-same", window, "c", "add", "a", json.dumps({"n": 1})),
+        store.enqueue("k-same", window, "c", "add", "a", json.dumps({"n": 1})),
+        store.enqueue("k-next", window, "c", "update", "a", json.dumps({"n": 2})),
+        store.enqueue("k-bad", window, "c", "update", "b", None),  # type: ignore[arg-type]
+        store.enqueue("k-other", window, "c", "add", "b", json.dumps({"n": 3})),
+        return_exceptions=True)
+    (first, dup1), (again, dup2), (nxt, dup3), bad, (other, dup4) = results
+    assert (dup1, dup2, dup3, dup4) == (False, True, False, False) and again == first
+    assert isinstance(bad, Exception) and "null" in str(bad).lower()
+    conn = other_connection(store)
+    try:
+        heads = dict(conn.execute("SELECT id, head FROM jobs").fetchall())
+    finally:
+        conn.close()
+    assert heads == {first: 1, nxt: 0, other: 1}
+
+
 async def test_an_error_that_cannot_cross_to_the_parent_is_named(sqlite_store):
     store = sqlite_store
     with pytest.raises(RuntimeError, match="Unpicklable: x/y"):
