@@ -47,6 +47,7 @@ stack-down:
 bench: system-deps venv
 	$(PY) bench/intake.py
 	$(PY) bench/sync.py
+	$(PY) bench/scale.py --rounds 1
 
 # The suite builds the wheel too (tests/test_packaging.py: fresh venv, --version, doctor).
 wheel: venv

@@ -9,13 +9,16 @@ events at info level (to /dev/null). Each PostgreSQL set-up gets a database of i
 here and dropped at the end (``--pg`` names the server); the SQLite bridge a temporary file.
 
 - intake: WordPress and the CRM point at a closed port, so the workers pause at their first job
-  and what is measured is intake. One load process (``multiprocessing``, spawn, uvloop) keeps
-  CONNECTIONS keep-alive connections, one request in flight each, spread evenly over the set-up's
-  bridges, every body a distinct ~200-byte delivery (bench/intake.py's load generator). Rounds
-  alternate the set-ups; medians are reported. At the end each database must hold exactly as many
-  jobs as 202 answers were counted: the rate is durable intake.
+  and what is measured is intake. Each run starts its set-up's bridges on a fresh database (and
+  stops them after), so no other bridge runs meanwhile. One load process (``multiprocessing``,
+  spawn, uvloop) keeps CONNECTIONS keep-alive connections, one request in flight each, spread
+  evenly over the set-up's bridges, every body a distinct ~200-byte delivery (bench/intake.py's
+  load generator). Rounds alternate the order of the set-ups; medians are reported. After each
+  run the database must hold exactly as many jobs as 202 answers were counted: durable intake.
 - the same PostgreSQL intake with ``database.notify = false`` (bridges wake each other by polling
   only), one and three bridges: what NOTIFY per commit costs at high intake.
+- CPU: each run prints the CPU the bridges, their PostgreSQL server processes, the loader (and
+  end to end, WordPress's PHP and MariaDB) used, and the whole machine's.
 - end to end (unless ``--no-e2e``): the local WordPress stack (started when none runs); a generic
   connection that takes the contact from the delivery (no CRM fetch, as bench/sync.py);
   CONTACTS ``add`` deliveries for new contacts, 32 senders spread over the bridges; the rate runs
@@ -53,23 +56,22 @@ from intake import _Connection, _Load, make_body  # noqa: E402,F401 - the load g
 
 KEY = "bench-access-key-1"
 E2E_SENDERS = 32
+PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
 # name, backend, bridges, NOTIFY on
-INTAKE_SETUPS = [("sqlite", "sqlite", 1, True), ("pg1", "postgresql", 1, True), ("pg2", "postgresql", 2, True),
-                 ("pg3", "postgresql", 3, True), ("pg1-poll", "postgresql", 1, False),
-                 ("pg3-poll", "postgresql", 3, False)]
 E2E_SETUPS = [("sqlite", "sqlite", 1, True), ("pg1", "postgresql", 1, True), ("pg2", "postgresql", 2, True),
               ("pg3", "postgresql", 3, True)]
+INTAKE_SETUPS = [*E2E_SETUPS, ("pg1-poll", "postgresql", 1, False), ("pg3-poll", "postgresql", 3, False)]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration-s", type=float, default=5.0, help="measured seconds per intake run (default 5)")
-    p.add_argument("--warmup-s", type=float, default=1.0, help="unmeasured seconds before each run (default 1)")
-    p.add_argument("--connections", type=int, default=48, help="concurrent keep-alive connections (default 48)")
+    p.add_argument("--duration-s", type=float, default=5.0, help="measured seconds per intake run")
+    p.add_argument("--warmup-s", type=float, default=1.0, help="unmeasured seconds before each run")
+    p.add_argument("--connections", type=int, default=48, help="concurrent keep-alive connections")
     p.add_argument("--rounds", type=int, default=3, help="intake rounds, set-ups alternating (default 3)")
     p.add_argument("--contacts", type=int, default=300, help="users created per end-to-end run (default 300)")
     p.add_argument("--e2e-rounds", type=int, default=1, help="end-to-end rounds (default 1)")
-    p.add_argument("--pg", default=os.environ.get("WPSB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    p.add_argument("--pg", default=os.environ.get("WPSB_TEST_PG", PG_DEFAULT),
                    help="the PostgreSQL server (a database per set-up is created on it and dropped)")
     p.add_argument("--no-e2e", action="store_true", help="intake only (no WordPress needed)")
     return p.parse_args(argv)
@@ -78,16 +80,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --- the load generator (its own process) --------------------------------------------------------
 
 
-async def _run_load(ports: list[int], connections: int, prefix: str, warmup_s: float, duration_s: float) -> dict:
+async def _run_load(ports: list[int], connections: int, prefix: str, warmup_s: float,
+                    duration_s: float) -> dict[str, Any]:
     load = _Load("127.0.0.1", ports[0], "/?wpf_action=add&access_key=" + KEY, prefix, warmup_s, duration_s)
+    cpu0 = time.process_time()
     conns = []
     for i in range(connections):
-        _, proto = await load.loop.create_connection(lambda: _Connection(load), "127.0.0.1", ports[i % len(ports)])
+        port = ports[i % len(ports)]
+        _, proto = await load.loop.create_connection(lambda: _Connection(load), "127.0.0.1", port)
         conns.append(proto)
     await asyncio.gather(*(c.closed for c in conns))  # every request sent is answered: counts are exact
     lat = sorted(load.latencies_s)
     pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else (lambda q: float("nan"))
-    return {"rate": load.measured / duration_s, "p50_ms": pct(0.50), "p99_ms": pct(0.99), "statuses": load.statuses}
+    return {"rate": load.measured / duration_s, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+            "statuses": load.statuses, "loader_cpu_s": time.process_time() - cpu0}
 
 
 def load_process(conn: Any, *args: Any) -> None:
@@ -112,6 +118,74 @@ async def measure(ports: list[int], prefix: str, args: argparse.Namespace) -> di
         return await asyncio.to_thread(parent.recv)
     finally:
         await asyncio.to_thread(proc.join, 30)
+
+
+# --- CPU accounting -------------------------------------------------------------------------------
+
+
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system, all threads) the live processes ``pids`` used so far (/proc)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy so far, all CPUs (/proc/stat: all but idle, iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def with_children(pids: list[int]) -> list[int]:
+    """``pids`` and all their descendants (the SQLite bridge's writer process, for one)."""
+    out, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def pids_with(*needles: str) -> list[int]:
+    """The processes whose command line holds every one of ``needles``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if all(n in cmdline for n in needles):
+                out.append(int(entry.name))
+    return out
+
+
+class CpuShare:
+    """CPU used by groups of processes between ``start()`` and ``stop()``, as % of one CPU."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+
+    def start(self) -> "CpuShare":
+        self.t0, self.busy0 = time.perf_counter(), machine_busy_s()
+        self.cpu0 = {name: cpu_s(pids) for name, pids in self.groups.items()}
+        return self
+
+    def stop(self, **known_s: float) -> str:
+        """The shares as one line; ``known_s`` adds CPU seconds measured elsewhere (the loader's)."""
+        wall_s = time.perf_counter() - self.t0
+        used = {name: cpu_s(pids) - self.cpu0[name] for name, pids in self.groups.items()} | known_s
+        parts = [f"{name} {100 * cpu / wall_s:.0f}%" for name, cpu in used.items()]
+        machine = 100 * (machine_busy_s() - self.busy0) / wall_s
+        return f"cpu: {', '.join(parts)}; machine {machine:.0f}% of {100 * (os.cpu_count() or 1)}%"
 
 
 # --- the bridges -----------------------------------------------------------------------------------
@@ -189,27 +263,45 @@ class Setup:
             database = f'path = "{self.workdir / "bridge.db"}"'
         self.ports = [free_port() for _ in range(bridges)]
         self.procs: list[subprocess.Popen] = []
+        self._reader: Any = None
         for i, port in enumerate(self.ports):
             config = self.workdir / f"bridge{i}.toml"
             config.write_text(config_text(port, database, notify, wordpress))
-            self.procs.append(subprocess.Popen([sys.executable, "-m", "bridge", "serve", "--config", str(config)],
-                                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                               start_new_session=True))
+            command = [sys.executable, "-m", "bridge", "serve", "--config", str(config)]
+            self.procs.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL, start_new_session=True))
 
     async def healthy(self) -> None:
         await _healthy(self.ports, self.procs)
 
     def jobs(self, status: str | None = None) -> int:
+        """Jobs in the set-up's database (with ``status``), read on a connection of this process."""
         where = f" WHERE status = '{status}'" if status else ""
         if self.url is not None:
             import psycopg
 
-            with psycopg.connect(self.url) as conn:
-                return conn.execute("SELECT COUNT(*) FROM jobs" + where).fetchone()[0]
+            if self._reader is None:
+                self._reader = psycopg.connect(self.url, autocommit=True)
+            return self._reader.execute("SELECT COUNT(*) FROM jobs" + where).fetchone()[0]
         with closing(sqlite3.connect(self.workdir / "bridge.db")) as conn:
             return conn.execute("SELECT COUNT(*) FROM jobs" + where).fetchone()[0]
 
+    def cpu_groups(self) -> dict[str, list[int]]:
+        """The bridges' processes (the SQLite writer process included) and, on PostgreSQL, the
+        server processes serving this set-up's database."""
+        bridges = with_children([p.pid for p in self.procs])
+        if self.url is None:
+            return {"bridges": bridges}
+        import psycopg
+
+        with psycopg.connect(self.pg_admin, autocommit=True) as conn:
+            backends = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s",
+                                                   (self.dbname,))]
+        return {"bridges": bridges, "postgres": backends}
+
     def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         for proc in self.procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -252,38 +344,35 @@ async def _healthy(ports: list[int], procs: list[subprocess.Popen], timeout_s: f
 
 
 async def intake_phase(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, float]]:
-    setups: list[Setup] = []
+    """Each run on fresh bridges and a fresh database, the set-up's alone (no idle bridges of the
+    other set-ups running meanwhile); rounds alternate the order of the set-ups."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in INTAKE_SETUPS}
-    answered: dict[str, int] = {name: 0 for name, *_ in INTAKE_SETUPS}
-    try:
-        for spec in INTAKE_SETUPS:
-            setups.append(Setup(*spec, workdir / "intake", args.pg, None))
-        for s in setups:
-            await s.healthy()
-        for rnd in range(1, args.rounds + 1):
-            order = setups if rnd % 2 else setups[::-1]
-            for s in order:
+    for rnd in range(1, args.rounds + 1):
+        for spec in INTAKE_SETUPS if rnd % 2 else INTAKE_SETUPS[::-1]:
+            s = Setup(*spec, workdir / f"intake{rnd}", args.pg, None)
+            try:
+                await s.healthy()
+                share = CpuShare(s.cpu_groups()).start()
                 r = await measure(s.ports, f"{s.name}-{rnd}-{os.getpid()}", args)
-                runs[s.name].append(r)
-                answered[s.name] += r["statuses"].get(202, 0)
-                others = {k: v for k, v in r["statuses"].items() if k != 202}
-                print(f"  intake {s.name:<8} round {rnd}: {r['rate']:8.0f}/s  p50 {r['p50_ms']:6.2f} ms"
-                      f"  p99 {r['p99_ms']:6.2f} ms" + (f"  non-202: {others}" if others else ""), flush=True)
-        stored = {s.name: s.jobs() for s in setups}
-    finally:
-        for s in setups:
-            s.stop()
-    exact = all(stored[name] == answered[name] for name in stored)
-    print("intake databases: " + ", ".join(f"{n} {stored[n]} jobs / {answered[n]} 202s" for n in stored)
-          + (" (exact)" if exact else " MISMATCH"))
-    if not exact:
-        raise SystemExit(1)
+                r["cpu"] = share.stop(loader=r["loader_cpu_s"])
+                r["stored"] = s.jobs()
+            finally:
+                s.stop()
+            runs[s.name].append(r)
+            answered = r["statuses"].get(202, 0)
+            others = {k: v for k, v in r["statuses"].items() if k != 202}
+            print(f"  intake {s.name:<8} round {rnd}: {r['rate']:8.0f}/s  p50 {r['p50_ms']:6.2f} ms"
+                  f"  p99 {r['p99_ms']:6.2f} ms  {r['stored']} jobs stored for {answered} 202s"
+                  + (f"  non-202: {others}" if others else "") + f"\n    {r['cpu']}", flush=True)
+            if r["stored"] != answered:
+                raise SystemExit(f"{s.name}: {r['stored']} jobs in the database for {answered} answers 202")
     return {name: {k: statistics.median(r[k] for r in rs) for k in ("rate", "p50_ms", "p99_ms")}
             for name, rs in runs.items()}
 
 
-async def e2e_run(s: Setup, contacts: int, tag: str, wp: dict[str, str]) -> float:
-    """CONTACTS adds spread over the set-up's bridges; users/s from first send to last job done."""
+async def e2e_run(s: Setup, contacts: int, tag: str, wp: dict[str, str]) -> tuple[float, str]:
+    """CONTACTS adds spread over the set-up's bridges: (users/s from the first send to the last
+    job done, the CPU shares meanwhile)."""
     urls = [f"http://127.0.0.1:{p}/?wpf_action=add&access_key={KEY}" for p in s.ports]
     todo = list(range(contacts))
 
@@ -295,18 +384,23 @@ async def e2e_run(s: Setup, contacts: int, tag: str, wp: dict[str, str]) -> floa
             async with session.post(urls[(i + k) % len(urls)], json=body) as resp:
                 assert resp.status == 202, await resp.text()
 
+    stack = wp["WPSB_STACK_DIR"]
+    php = pids_with("php", f"-S 127.0.0.1:{wp['WPSB_WP_URL'].rsplit(':', 1)[1]}")
+    share = CpuShare({**s.cpu_groups(), "php": php,
+                      "mariadb": pids_with("mariadbd", stack) or pids_with("mysqld", stack)}).start()
     started = time.perf_counter()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=E2E_SENDERS)) as session:
         await asyncio.gather(*(sender(session, k) for k in range(E2E_SENDERS)))
     while s.jobs("done") < contacts:
         if s.jobs("dead"):
             raise SystemExit(f"{s.name}: dead jobs in the end-to-end run")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
     took_s = time.perf_counter() - started
+    cpu = share.stop()
     users = wordpress_users(wp, tag)
     if users != contacts:
         raise SystemExit(f"{s.name}: WordPress holds {users} users of {contacts}")
-    return contacts / took_s
+    return contacts / took_s, cpu
 
 
 def wordpress_users(wp: dict[str, str], tag: str) -> int:
@@ -326,18 +420,19 @@ async def e2e_phase(args: argparse.Namespace, workdir: Path, wp: dict[str, str])
             s = Setup(*spec, workdir / f"e2e{rnd}", args.pg, wp)
             try:
                 await s.healthy()
-                rate = await e2e_run(s, args.contacts, f"scale{uuid.uuid4().hex[:8]}", wp)
+                rate, cpu = await e2e_run(s, args.contacts, f"scale{uuid.uuid4().hex[:8]}", wp)
             finally:
                 s.stop()
             rates[s.name].append(rate)
-            print(f"  e2e    {s.name:<8} round {rnd}: {rate:8.1f} users/s ({args.contacts} created)", flush=True)
+            print(f"  e2e    {s.name:<8} round {rnd}: {rate:8.1f} users/s ({args.contacts} created)"
+                  f"\n    {cpu}", flush=True)
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
 async def main(args: argparse.Namespace) -> float:
-    print(f"scale benchmark: {args.connections} connections, {args.warmup_s:g} s warm-up + {args.duration_s:g} s "
-          f"per intake run, {args.rounds} round(s); {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
+    print(f"scale benchmark: {args.connections} connections, {args.warmup_s:g} s warm-up"
+          f" + {args.duration_s:g} s per intake run, {args.rounds} round(s); {os.cpu_count()} CPUs,"
+          f" load average {os.getloadavg()[0]:.1f}", flush=True)
     tmp = tempfile.TemporaryDirectory(prefix="wpsb-scale-")
     workdir = Path(tmp.name)
     try:

@@ -57,8 +57,8 @@ DESCRIPTIONS: dict[str, str] = {
     "database.url": "`postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME` selects the PostgreSQL store, for several "
                     "bridges sharing one queue (`pip install 'wp-sync-bridge[postgresql]'`); unset: SQLite at "
                     "`database.path`. `serve` migrates it; operator commands never do.",
-    "database.notify": "PostgreSQL: a commit that makes work due sends one NOTIFY, so the other bridges claim it "
-                       "at once; false: they find it at their next poll (`worker.poll_interval_s`).",
+    "database.notify": "PostgreSQL: a commit that makes work due sends one NOTIFY, so the other bridges claim "
+                       "it at once; false: they find it at their next poll (`worker.poll_interval_s`).",
     "worker.concurrency": "WordPress requests in flight; with batching up to concurrency x batch_size jobs run "
                           "at once (a contact's jobs always run one at a time, in order).",
     "worker.batch_size": "Upserts of running jobs sent as one plugin batch request (plugin 2.1, at most its own "

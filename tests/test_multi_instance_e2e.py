@@ -87,7 +87,10 @@ contact_id_paths = ["contact.id"]
 email_paths = ["contact.email"]
 record_path = "contact"
 meta_prefix = "shop"
-write_back = {{ method = "PATCH", path = "/contacts/{{{{contact_id}}}}", json_body = {{ fields = "{{{{attributes}}}}" }} }}
+[connections.shop.connector.write_back]
+method = "PATCH"
+path = "/contacts/{{{{contact_id}}}}"
+json_body = {{ fields = "{{{{attributes}}}}" }}
 [connections.shop.connector.fields]
 email = "user_email"
 last_name = "last_name"
@@ -122,7 +125,8 @@ class Burst:
             server = self.servers[turn % len(self.servers)]
             turn += 1
             try:
-                async with session.post(server.url + "/hooks/shop", params=params, json=body, headers=headers) as resp:
+                async with session.post(server.url + "/hooks/shop", params=params, json=body,
+                                        headers=headers) as resp:
                     answer = await resp.json()
                     if resp.status in (200, 202):
                         self.acked[(contact, seq)] = (resp.status, answer["job_id"])
@@ -147,7 +151,8 @@ class Burst:
                     await self._send(session, contact, seq)
 
         timeout = aiohttp.ClientTimeout(total=15)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=SENDERS), timeout=timeout) as session:
+        connector = aiohttp.TCPConnector(limit=SENDERS)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             await asyncio.gather(*(lane(session, mine) for mine in lanes))
 
 
@@ -189,9 +194,10 @@ async def test_three_instances_one_killed_keep_every_delivery_once_in_order(
     configs = []
     for i in range(INSTANCES):
         port = free_port()
-        configs.append((write_config(tmp_path / f"bridge{i}.toml", port, pg_url, wp_stack, fake_crm.generic_base),
-                        port))
-    instances = [Server(config, port, tmp_path / f"bridge{i}.log") for i, (config, port) in enumerate(configs)]
+        config = write_config(tmp_path / f"bridge{i}.toml", port, pg_url, wp_stack, fake_crm.generic_base)
+        configs.append((config, port))
+    instances = [Server(config, port, tmp_path / f"bridge{i}.log")
+                 for i, (config, port) in enumerate(configs)]
     servers.extend(instances)
     await asyncio.gather(*(s.wait_healthy(30) for s in instances))
 
@@ -223,7 +229,8 @@ async def test_three_instances_one_killed_keep_every_delivery_once_in_order(
     assert len(burst.acked) == CONTACTS * PER_CONTACT
     with psycopg.connect(pg_url) as conn:
         jobs = conn.execute("SELECT id, payload, status, attempts, merged_into FROM jobs").fetchall()
-        retried = {r[0] for r in conn.execute("SELECT DISTINCT job_id FROM job_history WHERE event = 'retry'")}
+        retried = {r[0] for r in conn.execute(
+            "SELECT DISTINCT job_id FROM job_history WHERE event = 'retry'")}
     assert counts == {"done": CONTACTS * PER_CONTACT}, counts
     by_delivery = Counter()
     for _, payload, _, _, _ in jobs:
@@ -243,10 +250,12 @@ async def test_three_instances_one_killed_keep_every_delivery_once_in_order(
         f"SELECT user_email, COUNT(*) FROM wp_users WHERE user_email LIKE '{tag}-%' GROUP BY user_email"))
     assert len(users) == CONTACTS and set(users.values()) == {"1"}, "a contact has no user, or two"
     assert len(journal) == CONTACTS
-    out_of_order = {e: seqs for e, seqs in journal.items() if seqs != sorted(set(seqs)) or seqs[-1] != PER_CONTACT}
+    out_of_order = {e: seqs for e, seqs in journal.items()
+                    if seqs != sorted(set(seqs)) or seqs[-1] != PER_CONTACT}
     assert not out_of_order, list(out_of_order.items())[:5]
-    last_names = set(site.sql(f"SELECT DISTINCT u.meta_value FROM wp_usermeta u JOIN wp_users w ON w.ID = u.user_id"
-                              f" WHERE u.meta_key = 'last_name' AND w.user_email LIKE '{tag}-%'"))
+    last_names = set(site.sql(
+        "SELECT DISTINCT u.meta_value FROM wp_usermeta u JOIN wp_users w ON w.ID = u.user_id"
+        f" WHERE u.meta_key = 'last_name' AND w.user_email LIKE '{tag}-%'"))
     assert last_names == {f"Seq{PER_CONTACT}"}
 
     # No job ran on two instances at once.
@@ -262,7 +271,7 @@ async def test_three_instances_one_killed_keep_every_delivery_once_in_order(
     assert max(done.values()) == 1, [j for j, n in done.items() if n > 1]
     ran_again = {j[0] for j in jobs if j[3] > 1}
     assert ran_again <= taken_over | retried, sorted(ran_again - taken_over - retried)
-    assert any(e.get("event") == "job.done" for e in events([restarted])), "the restarted instance did no work"
+    assert any(e.get("event") == "job.done" for e in events([restarted])), "the restarted one did no work"
 
     # Every generated password went back to the CRM, one value per contact.
     patches: dict[str, set[str]] = defaultdict(set)
@@ -272,6 +281,6 @@ async def test_three_instances_one_killed_keep_every_delivery_once_in_order(
     assert len(patches) == CONTACTS and all(len(values) == 1 for values in patches.values())
     for contact in range(CONTACTS):
         assert fake_crm.generic_contact(f"{tag}-{contact:03d}")["fields"].get("wp_password")
-    print(f"\n{CONTACTS * PER_CONTACT} deliveries sent in {sent_s:.1f} s ({burst.retries} resent), all done after "
-          f"{time.monotonic() - started_s:.1f} s; {len(taken_over)} jobs taken over from the killed instance, "
-          f"{len(retried)} retried, {sum(1 for j in jobs if j[4] is not None)} coalesced")
+    print(f"\n{CONTACTS * PER_CONTACT} deliveries sent in {sent_s:.1f} s ({burst.retries} resent), all done"
+          f" after {time.monotonic() - started_s:.1f} s; {len(taken_over)} jobs taken over from the killed"
+          f" instance, {len(retried)} retried, {sum(1 for j in jobs if j[4] is not None)} coalesced")

@@ -75,8 +75,8 @@ def enqueue(
     """
     lock(conn, _enqueue_locks(now, dedupe_key, window_s, connection, action, contact_key))
     if dialect(conn) == "postgresql":
-        return enqueue_answer(conn, enqueue_sent(conn, now, dedupe_key, window_s, connection, action, contact_key,
-                                                 payload, waiting_only))
+        return enqueue_answer(conn, enqueue_sent(conn, now, dedupe_key, window_s, connection, action,
+                                                 contact_key, payload, waiting_only))
     row = conn.execute(
         "SELECT d.job_id, d.received_at, j.status, j.attempts FROM deliveries AS d"
         " LEFT JOIN jobs AS j ON j.id = d.job_id WHERE d.dedupe_key = ?",
@@ -116,7 +116,8 @@ WITH prior AS (
 ), busy AS (
     SELECT 1 FROM jobs WHERE contact_key = ? AND status IN ('queued', 'running') LIMIT 1
 ), job AS (
-    INSERT INTO jobs (connection, action, contact_key, payload, run_at, head, budget_from, created_at, updated_at)
+    INSERT INTO jobs (connection, action, contact_key, payload, run_at, head, budget_from, created_at,
+                      updated_at)
     SELECT ?, ?, ?, ?, ?, CASE WHEN EXISTS (SELECT 1 FROM busy) THEN 0 ELSE 1 END, ?, ?, ?
     WHERE NOT EXISTS (SELECT 1 FROM prior)
     RETURNING id, head
