@@ -226,7 +226,7 @@ async def test_three_instances_one_killed_keep_every_delivery_once_in_order(
     everything = [*servers]
 
     # One job per delivery, all done (run, or coalesced into a run).
-    assert len(burst.acked) == CONTACTS * PER_CONTACT
+    assert len(burst.acked) == CONTACTS * PER_CONTACT and burst.retries > 0  # some were cut off by the kill
     with psycopg.connect(pg_url) as conn:
         jobs = conn.execute("SELECT id, payload, status, attempts, merged_into FROM jobs").fetchall()
         retried = {r[0] for r in conn.execute(
