@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pg", default=os.environ.get("WPSB_TEST_PG", PG_DEFAULT),
                    help="the PostgreSQL server (a database per set-up is created on it and dropped)")
     p.add_argument("--no-e2e", action="store_true", help="intake only (no WordPress needed)")
+    p.add_argument("--no-poll", action="store_true",
+                   help="leave out the database.notify = false set-ups (for code without that setting)")
     return p.parse_args(argv)
 
 
@@ -346,9 +348,10 @@ async def _healthy(ports: list[int], procs: list[subprocess.Popen], timeout_s: f
 async def intake_phase(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, float]]:
     """Each run on fresh bridges and a fresh database, the set-up's alone (no idle bridges of the
     other set-ups running meanwhile); rounds alternate the order of the set-ups."""
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in INTAKE_SETUPS}
+    setups = E2E_SETUPS if args.no_poll else INTAKE_SETUPS
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in setups}
     for rnd in range(1, args.rounds + 1):
-        for spec in INTAKE_SETUPS if rnd % 2 else INTAKE_SETUPS[::-1]:
+        for spec in setups if rnd % 2 else setups[::-1]:
             s = Setup(*spec, workdir / f"intake{rnd}", args.pg, None)
             try:
                 await s.healthy()
@@ -453,7 +456,7 @@ async def main(args: argparse.Namespace) -> float:
     for name, m in intake.items():
         print(f"intake {name:<8} median: {m['rate']:8.0f} deliveries/s ({m['rate'] / sqlite:.2f}x sqlite)"
               f"  p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms")
-    for name in ("pg1", "pg3"):
+    for name in () if args.no_poll else ("pg1", "pg3"):
         polled = intake[f"{name}-poll"]["rate"]
         print(f"notify cost, {name}: {intake[name]['rate']:.0f}/s with NOTIFY, {polled:.0f}/s polling only "
               f"({intake[name]['rate'] / polled:.2f}x)")
