@@ -8,8 +8,8 @@ Every bridge is a ``python -m bridge serve`` process (as an operator runs them),
 events at info level (to /dev/null). Each PostgreSQL set-up gets a database of its own, created
 here and dropped at the end (``--pg`` names the server); the SQLite bridge a temporary file.
 
-- intake: WordPress and the CRM point at a closed port, so the workers pause at their first job
-  and what is measured is intake. Each run starts its set-up's bridges on a fresh database (and
+- intake: WordPress and the CRM point at a socket that accepts connections and never answers, so
+  each worker's first jobs hang and what is measured is intake (as bench/intake.py). Each run starts its set-up's bridges on a fresh database (and
   stops them after), so no other bridge runs meanwhile. One load process (``multiprocessing``,
   spawn, uvloop) keeps CONNECTIONS keep-alive connections, one request in flight each, spread
   evenly over the set-up's bridges, every body a distinct ~200-byte delivery (bench/intake.py's
@@ -199,8 +199,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def black_hole() -> socket.socket:
+    """A listening socket never accepted from: connections open, no answer ever comes (intake:
+    each worker's first jobs hang, so the workers stay idle, as in bench/intake.py)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock
+
+
+_HOLE: list[socket.socket] = []  # made at the first intake config (not in the load processes)
+
+
+def hole_port() -> int:
+    if not _HOLE:
+        _HOLE.append(black_hole())
+    return _HOLE[0].getsockname()[1]
+
+
 def config_text(port: int, database: str, notify: bool, wordpress: dict[str, str] | None) -> str:
-    """A bridge's TOML: WordPress (and the CRM) at a closed port for intake, else the stack with a
+    """A bridge's TOML: WordPress and the CRM in the black hole for intake, else the stack with a
     generic connection whose deliveries are the record."""
     notify_line = "" if notify else "notify = false\n"
     head = f"""log_level = "info"
@@ -216,14 +234,14 @@ access_keys = ["{KEY}"]
 http_attempts = 1
 shutdown_grace_s = 1
 [wordpress]
-url = "http://127.0.0.1:9"
+url = "http://127.0.0.1:{hole}"
 application_password = "abcd efgh ijkl mnop"
-timeout_s = 2
+timeout_s = 86400
 [connections.customerly]
 crm = "customerly"
-base_url = "http://127.0.0.1:9/customerly/v1"
-secrets = { token = "bench-token" }
-"""
+base_url = "http://127.0.0.1:{hole}/customerly/v1"
+secrets = {{ token = "bench-token" }}
+""".format(hole=hole_port())
     return head + f"""[worker]
 shutdown_grace_s = 5
 [wordpress]

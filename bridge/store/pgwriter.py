@@ -11,7 +11,8 @@ a batch's time. Each batch, in one transaction:
 2. runs the calls without per-call SAVEPOINTs; if one fails, redoes the batch with a SAVEPOINT per
    call, so one failing call does not undo its neighbours;
 3. sends one ``NOTIFY`` when a call made work due (the other bridges wake; not with
-   ``database.notify = false``), then commits.
+   ``database.notify = false``) with the COMMIT, in one round trip (BEGIN and the locks are one
+   round trip too).
 
 A deadlock or serialization failure anyway (an operator's command in between) redoes the batch.
 A lost connection fails the calls in flight with ``WriterUnavailable`` (intake answers 503, the
@@ -170,9 +171,8 @@ class PgWriter:
                 conn.raw.execute("ROLLBACK")
                 self._begin(conn, keys)
                 results = [self._isolated(conn, fn, args) for _, _, fn, args in calls]
-            if conn.wake and self.notify:
-                conn.raw.execute(f"NOTIFY {CHANNEL}")
-            conn.raw.execute("COMMIT")
+            # One round trip for both (a simple query of two statements, in the transaction's order).
+            conn.raw.execute(f"NOTIFY {CHANNEL}; COMMIT" if conn.wake and self.notify else "COMMIT")
         finally:
             conn.prelocked = None
         return results
@@ -180,8 +180,9 @@ class PgWriter:
     @staticmethod
     def _begin(conn: PgConnection, keys: set[str]) -> None:
         conn.wake, conn.prelocked = False, None
-        conn.raw.execute("BEGIN")
-        lock(conn, keys)
+        with conn.raw.pipeline():  # BEGIN and the batch's locks in one round trip
+            conn.raw.execute("BEGIN")
+            lock(conn, keys)
         conn.prelocked = set(keys)
 
     @staticmethod
