@@ -15,6 +15,8 @@ here and dropped at the end (``--pg`` names the server); the SQLite bridge a tem
   evenly over the set-up's bridges, every body a distinct ~200-byte delivery (bench/intake.py's
   load generator). Rounds alternate the order of the set-ups; medians are reported. After each
   run the database must hold exactly as many jobs as 202 answers were counted: durable intake.
+  Before each run a PostgreSQL ``CHECKPOINT`` flushes the writes of the run before (it would
+  otherwise land in the next run, whichever set-up that is).
 - the same PostgreSQL intake with ``database.notify = false`` (bridges wake each other by polling
   only), one and three bridges: what NOTIFY per commit costs at high intake.
 - CPU: each run prints the CPU the bridges, their PostgreSQL server processes, the loader (and
@@ -370,6 +372,8 @@ async def intake_phase(args: argparse.Namespace, workdir: Path) -> dict[str, dic
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in setups}
     for rnd in range(1, args.rounds + 1):
         for spec in setups if rnd % 2 else setups[::-1]:
+            # The writes of the run before are flushed first, so that no run pays for another's.
+            _pg_admin(args.pg, "CHECKPOINT")
             s = Setup(*spec, workdir / f"intake{rnd}", args.pg, None)
             try:
                 await s.healthy()
