@@ -75,8 +75,8 @@ def enqueue(
     """
     lock(conn, _enqueue_locks(now, dedupe_key, window_s, connection, action, contact_key))
     if dialect(conn) == "postgresql":
-        return enqueue_answer(conn, enqueue_sent(conn, now, dedupe_key, window_s, connection, action,
-                                                 contact_key, payload, waiting_only))
+        return _enqueue_pg(conn, now, dedupe_key, window_s, connection, action, contact_key, payload,
+                           waiting_only)
     row = conn.execute(
         "SELECT d.job_id, d.received_at, j.status, j.attempts FROM deliveries AS d"
         " LEFT JOIN jobs AS j ON j.id = d.job_id WHERE d.dedupe_key = ?",
@@ -129,18 +129,12 @@ SELECT (SELECT job_id FROM prior), (SELECT id FROM job), (SELECT head FROM job)
 """
 
 
-def enqueue_sent(conn: Any, now: float, dedupe_key: str, window_s: float, connection: str, action: str,
-                 contact_key: str, payload: str, waiting_only: bool = False) -> Any:
-    """PostgreSQL: send ``enqueue``'s statement (its locks already held) and return the cursor
-    without reading the answer, so that the writer can pipeline a batch's enqueues (one round trip
-    for all); ``enqueue_answer`` reads it."""
-    return conn.execute(_ENQUEUE_PG, (dedupe_key, now - window_s, bool(waiting_only), contact_key, connection,
-                                      action, contact_key, payload, now, now, now, now, dedupe_key, now))
-
-
-def enqueue_answer(conn: Any, cursor: Any) -> tuple[int, bool]:
-    """``enqueue``'s result from the answer to ``enqueue_sent``: (job_id, duplicate)."""
-    prior, job_id, head = cursor.fetchone()
+def _enqueue_pg(conn: Any, now: float, dedupe_key: str, window_s: float, connection: str, action: str,
+                contact_key: str, payload: str, waiting_only: bool) -> tuple[int, bool]:
+    """``enqueue`` on PostgreSQL (its locks already held), in one round trip: (job_id, duplicate)."""
+    prior, job_id, head = conn.execute(_ENQUEUE_PG, (
+        dedupe_key, now - window_s, bool(waiting_only), contact_key, connection, action, contact_key, payload,
+        now, now, now, now, dedupe_key, now)).fetchone()
     if prior is not None:
         return prior, True
     if head:
