@@ -15,8 +15,10 @@ a batch's time. Each batch, in one transaction:
    round trip too).
 
 A deadlock or serialization failure anyway (an operator's command in between) redoes the batch.
-A lost connection fails the calls in flight with ``WriterUnavailable`` (intake answers 503, the
-sender retries) and the next batch connects again.
+A connection lost before the COMMIT was sent (a failover, a restart of PostgreSQL: the server
+rolled the transaction back) is replaced and the batch redone once; lost during the COMMIT, the
+outcome is unknown, so the calls fail with ``WriterUnavailable`` (intake answers 503 and the
+sender retries; dedupe absorbs a repeat of what did commit).
 """
 
 from __future__ import annotations
@@ -37,9 +39,18 @@ T = TypeVar("T")
 log = structlog.get_logger("bridge.store")
 MAX_BATCH = 512
 REDO_LIMIT = 5
+# Connections committing at once, each its own group of calls: while one waits for its COMMIT, the
+# next group runs on the other (a delivery sent after another was answered is in a later group, so
+# order holds; the locks keep one contact's groups apart). bench/scale.py: one lane, 0.46x
+# SQLite's intake; two, see README.
+LANES = 2
 LATE_LOCK_REDOS = 50  # a batch redone for a lock its calls found late (each redo locks it up front)
 
 _Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple]
+
+
+class _CommitFailed(Exception):
+    """The COMMIT itself failed: whether the batch is on disk is unknown (never redone)."""
 
 
 class PgWriter:
@@ -50,18 +61,21 @@ class PgWriter:
         self.notify = notify  # false: peers find new work by polling only (database.notify)
         self.batches = 0
         self.calls = 0
+        self.isolated = 0  # batches redone call by call because one call failed
         self._inbox: threading_queue.SimpleQueue[_Call | None] = threading_queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._conn: PgConnection | None = None
+        self._threads: list[threading.Thread] = []
+        self._conns: list[PgConnection | None] = []
         self._closing = False
 
     pid = None  # no child process (the SQLite writer has one)
 
-    def start(self) -> None:
-        """Connect (raises PostgresUnavailable) and start the writer thread."""
-        self._conn = connect(self.url, application_name="wp-sync-bridge writer")
-        self._thread = threading.Thread(target=self._serve, name="wpsb-pg-writer", daemon=True)
-        self._thread.start()
+    def start(self, lanes: int = LANES) -> None:
+        """Connect (raises PostgresUnavailable) and start the writer threads, one per lane."""
+        self._conns = [connect(self.url, application_name="wp-sync-bridge writer") for _ in range(lanes)]
+        self._threads = [threading.Thread(target=self._serve, args=(lane,), name=f"wpsb-pg-writer-{lane}",
+                                          daemon=True) for lane in range(lanes)]
+        for thread in self._threads:
+            thread.start()
 
     def run(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         """Queue the call; the future resolves with its value (or error) after the commit."""
@@ -76,24 +90,25 @@ class PgWriter:
     def stop(self, timeout_s: float = 30.0) -> None:
         """Commit what is queued, then close the connection."""
         self._closing = True
-        if self._thread is not None:
+        for _ in self._threads:
             self._inbox.put(None)
-            self._thread.join(timeout_s)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for thread in self._threads:
+            thread.join(timeout_s)
+        for conn in self._conns:
+            if conn is not None:
+                conn.close()
+        self._conns = [None] * len(self._conns)
 
     # --- the thread ------------------------------------------------------------------------------
 
-    def _serve(self) -> None:
+    def _serve(self, lane: int) -> None:
+        """One lane's loop: each stop sentinel (``stop`` puts one per lane) ends one lane."""
         stop = False
         while not stop:
             first = self._inbox.get()
-            calls: list[_Call] = []
             if first is None:
-                stop = True
-            else:
-                calls.append(first)
+                return
+            calls: list[_Call] = [first]
             while len(calls) < MAX_BATCH:
                 try:
                     more = self._inbox.get_nowait()
@@ -104,18 +119,18 @@ class PgWriter:
                     break
                 calls.append(more)
             if calls:
-                self._commit(calls)
+                self._commit(lane, calls)
 
-    def _commit(self, calls: list[_Call]) -> None:
+    def _commit(self, lane: int, calls: list[_Call]) -> None:
         extra: set[str] = set()
-        attempt = late = 0
+        attempt = late = reconnects = 0
         while True:
             try:
-                conn = self._connected()
+                conn = self._connected(lane)
                 results = self._transaction(conn, calls, extra)
                 break
             except LockLater as exc:
-                self._discard()
+                self._discard(lane)
                 extra |= exc.keys
                 late += 1
                 if late < LATE_LOCK_REDOS:
@@ -124,7 +139,12 @@ class PgWriter:
                 results = [(False, err)] * len(calls)
                 break
             except Exception as exc:  # noqa: BLE001 - sorted out below, answered to the callers
-                self._discard()
+                self._discard(lane)
+                if _connection_lost(exc) and reconnects == 0:
+                    reconnects += 1  # rolled back by the server: safe to redo on a new connection
+                    self._conns[lane] = None
+                    continue
+                exc = exc.__cause__ if isinstance(exc, _CommitFailed) and exc.__cause__ else exc
                 attempt += 1
                 if _retryable(exc) and attempt < REDO_LIMIT:
                     time.sleep(0.01 * (attempt + 1))
@@ -139,42 +159,65 @@ class PgWriter:
         for (loop, fut, _, _), (ok, value) in zip(calls, results):
             loop.call_soon_threadsafe(_settle, fut, ok, value)
 
-    def _connected(self) -> PgConnection:
-        if self._conn is None:
-            self._conn = connect(self.url, application_name="wp-sync-bridge writer")
-        return self._conn
+    def _connected(self, lane: int) -> PgConnection:
+        conn = self._conns[lane]
+        if conn is None:
+            conn = self._conns[lane] = connect(self.url, application_name="wp-sync-bridge writer")
+        return conn
 
-    def _discard(self) -> None:
+    def _discard(self, lane: int) -> None:
         """After an error the connection may be mid-transaction or dead: roll back, or drop it."""
-        if self._conn is None:
+        conn = self._conns[lane]
+        if conn is None:
             return
         try:
-            if self._conn.raw.closed:
+            if conn.raw.closed:
                 raise RuntimeError("closed")
-            self._conn.raw.execute("ROLLBACK")
+            conn.raw.execute("ROLLBACK")
         except Exception:  # noqa: BLE001 - a broken connection is replaced at the next batch
             try:
-                self._conn.close()
+                conn.close()
             except Exception:  # noqa: BLE001
                 pass
-            self._conn = None
+            self._conns[lane] = None
 
     def _transaction(self, conn: PgConnection, calls: list[_Call], extra: set[str]) -> list[tuple[bool, Any]]:
         keys = {key for _, _, fn, args in calls for key in q.lock_keys(fn, args)} | extra
         try:
             self._begin(conn, keys)
             try:
-                results: list[tuple[bool, Any]] = [(True, fn(conn, *args)) for _, _, fn, args in calls]
+                results = self._fast(conn, calls)
             except Exception as exc:
                 if isinstance(exc, LockLater) or _retryable(exc) or _connection_lost(exc):
                     raise
                 conn.raw.execute("ROLLBACK")
+                self.isolated += 1
                 self._begin(conn, keys)
                 results = [self._isolated(conn, fn, args) for _, _, fn, args in calls]
             # One round trip for both (a simple query of two statements, in the transaction's order).
-            conn.raw.execute(f"NOTIFY {CHANNEL}; COMMIT" if conn.wake and self.notify else "COMMIT")
+            try:
+                conn.raw.execute(f"NOTIFY {CHANNEL}; COMMIT" if conn.wake and self.notify else "COMMIT")
+            except Exception as exc:
+                raise _CommitFailed(str(exc)) from exc
         finally:
             conn.prelocked = None
+        return results
+
+    @staticmethod
+    def _fast(conn: PgConnection, calls: list[_Call]) -> list[tuple[bool, Any]]:
+        """Every call, without savepoints; a run of consecutive calls of a function that has a
+        ``many`` form (intake's ``aliases.enqueue_contact``) goes through it in one piece."""
+        results: list[tuple[bool, Any]] = []
+        i = 0
+        while i < len(calls):
+            fn, many, j = calls[i][2], getattr(calls[i][2], "many", None), i + 1
+            if many is None:
+                results.append((True, fn(conn, *calls[i][3])))
+            else:
+                while j < len(calls) and calls[j][2] is fn:
+                    j += 1
+                results += [(True, value) for value in many(conn, [call[3] for call in calls[i:j]])]
+            i = j
         return results
 
     @staticmethod

@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from bridge.store.pgdb import dialect, lock, try_lock, wake
+from bridge.store.pgdb import dialect, lock, translate, try_lock, wake
 
 # Jobs a run can do together: their effects are merged by the planner (bridge.core.plan), so an
 # add among them keeps its create and welcome mail. A delete ends the run's reach.
@@ -140,6 +140,30 @@ def _enqueue_pg(conn: Any, now: float, dedupe_key: str, window_s: float, connect
     if head:
         wake(conn)
     return job_id, False
+
+
+def enqueue_many(conn: Any, calls: list[tuple]) -> list[tuple[int, bool]]:
+    """``enqueue`` for each argument tuple, in order, as one batch: on PostgreSQL the statements go
+    in one pipeline (one round trip for all; each still sees the ones before it, so a contact's
+    second job is not its head), elsewhere one by one. The callers hold the locks (``lock_keys``)."""
+    if dialect(conn) != "postgresql" or len(calls) < 2:
+        return [enqueue(conn, *args) for args in calls]
+    params = []
+    for now, dedupe_key, window_s, connection, action, contact_key, payload, *rest in calls:
+        waiting_only = bool(rest[0]) if rest else False
+        params.append((dedupe_key, now - window_s, waiting_only, contact_key, connection, action, contact_key,
+                       payload, now, now, now, now, dedupe_key, now))
+    cur = conn.raw.cursor()
+    cur.executemany(translate(_ENQUEUE_PG), params, returning=True)
+    out = []
+    while True:
+        prior, job_id, head = cur.fetchone()
+        if prior is None and head:
+            wake(conn)
+        out.append((prior, True) if prior is not None else (job_id, False))
+        if not cur.nextset():
+            break
+    return out
 
 
 def _enqueue_locks(now: float, dedupe_key: str, window_s: float, connection: str, action: str,

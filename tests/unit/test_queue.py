@@ -298,24 +298,24 @@ async def test_prune_removes_old_done_jobs_and_expired_dedupe_keys(store, clock)
     assert dup is False and again != done_id
 
 
-async def test_a_killed_postgresql_writer_connection_fails_its_batch_and_is_replaced(pg_url):
-    """The server ends the writer's session: the call in flight gets WriterUnavailable (intake answers
-    503) and names no password; the next call connects again and commits."""
+async def test_a_killed_postgresql_writer_connection_is_replaced_and_the_batch_redone(pg_url):
+    """The server ends the writer's sessions (a failover): the transaction was rolled back there, so
+    the batch is redone on a new connection and the call commits; nothing is lost or doubled."""
     import psycopg
 
     from bridge.store.pgjobs import PgJobStore
-    from bridge.store.writer import WriterUnavailable
 
     store = PgJobStore.open(pg_url)
     try:
         await put(store, "a", "add")
-        pid = store._writer._conn.raw.info.backend_pid
+        pids = [conn.raw.info.backend_pid for conn in store._writer._conns]
         with psycopg.connect(pg_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        with pytest.raises(WriterUnavailable):
-            await put(store, "b", "add")
+            for pid in pids:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        await put(store, "b", "add")
         await put(store, "c", "add")
-        assert (await store.counts())["queued"] == 2  # a, c: b was never acknowledged
+        assert (await store.counts())["queued"] == 3
+        assert all(conn is None or conn.raw.info.backend_pid not in pids for conn in store._writer._conns)
     finally:
         store.close()
 
@@ -460,3 +460,34 @@ async def test_database_notify_false_sends_no_notify_and_polling_still_finds_the
         await peer.close_listener()
         for store in (quiet, loud, peer):
             store.close()
+
+
+async def test_intake_batches_queue_linked_emails_on_the_id_key_in_order(store):
+    """Intake's calls committed together (PostgreSQL: one query for the links, one pipeline for
+    the jobs): an email linked to an ID joins the ID's line behind the ID's own earlier job, a
+    repeated key is a duplicate, and a delivery that fails fails alone."""
+    import asyncio
+
+    assert await store.learn_link("c", "ID7", "x@y.org") == "new"
+
+    def put_contact(key, contact_id, email, payload):
+        return store.enqueue_contact(key, 3600, "c", "update", contact_id, email, payload, False, False)
+
+    results = await asyncio.gather(
+        put_contact("k-id", "ID7", None, json.dumps({"n": 1})),
+        put_contact("k-mail", None, "X@y.org", json.dumps({"n": 2})),
+        put_contact("k-mail", None, "X@y.org", json.dumps({"n": 2})),
+        put_contact("k-bad", None, "b@y.org", None),
+        put_contact("k-b", None, "b@y.org", json.dumps({"n": 3})),
+        return_exceptions=True)
+    (by_id, d1, _), (by_mail, d2, _), (again, d3, _), bad, (other, d4, _) = results
+    assert (d1, d2, d3, d4) == (False, False, True, False) and again == by_mail
+    assert isinstance(bad, Exception)
+    rows = {job_id: (await store.get_job(job_id)) for job_id in (by_id, by_mail, other)}
+    assert rows[by_mail]["contact_key"] == rows[by_id]["contact_key"] == "c:id:ID7"
+    assert (rows[by_id]["head"], rows[by_mail]["head"], rows[other]["head"]) == (1, 0, 1)
+    assert rows[other]["contact_key"] == "c:email:b@y.org"
+    if hasattr(store._writer, "isolated"):  # PostgreSQL: good deliveries together take the one-piece path
+        before = store._writer.isolated
+        await asyncio.gather(*(put_contact(f"k-ok{n}", None, f"p{n}@y.org", "{}") for n in range(50)))
+        assert store._writer.isolated == before
