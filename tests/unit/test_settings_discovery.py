@@ -90,3 +90,16 @@ def test_usercom_mapping_reads_attribute_lists_and_tag_objects():
             "attributes": [{"name_std": "city", "value": "Oslo"}, {"name_std": "user_login", "value": "ulogin"}]}
     fields = map_record(spec, user)
     assert (fields.user_login, fields.meta, fields.tags) == ("ulogin", {"city": "Oslo"}, ["a", "b"])
+
+
+def test_database_url_selects_postgresql_and_its_password_is_a_secret():
+    """A postgresql:// URL selects the PostgreSQL store, its password joins the secrets the logs
+    scrub and is masked where the database is named; any other URL is refused naming the key."""
+    settings = load_settings(None, database={"url": "postgresql://wpsb:Pw-in-url-77@db.internal:5433/wpsb"})
+    assert settings.database.backend == "postgresql"
+    assert "Pw-in-url-77" in settings.secret_values()
+    assert settings.database.where == "postgresql://wpsb:***@db.internal:5433/wpsb"
+    assert load_settings(None).database.backend == "sqlite"
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, database={"url": "mysql://u:p@h/db"})
+    assert info.value.key == "database.url" and "postgresql://" in info.value.problem
