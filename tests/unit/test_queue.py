@@ -491,3 +491,23 @@ async def test_intake_batches_queue_linked_emails_on_the_id_key_in_order(store):
         before = store._writer.isolated
         await asyncio.gather(*(put_contact(f"k-ok{n}", None, f"p{n}@y.org", "{}") for n in range(50)))
         assert store._writer.isolated == before
+
+
+async def test_one_delivery_sent_to_two_bridges_at_once_is_one_job(pg_url):
+    """The same sender's event ID arriving at two bridges at the same moment (a retry through the
+    load balancer): one job; every other answer names it as the duplicate."""
+    import asyncio
+
+    from bridge.store.pgjobs import PgJobStore
+
+    bridges = [PgJobStore.open(pg_url), PgJobStore.open(pg_url)]
+    try:
+        answers = await asyncio.gather(*(
+            bridges[n % 2].enqueue_contact("wh:c:evt-42", 3600, "c", "update", None, "d@x.org", "{}", False, False)
+            for n in range(20)))
+        job_ids = {job_id for job_id, _, _ in answers}
+        assert len(job_ids) == 1 and sum(not dup for _, dup, _ in answers) == 1
+        assert (await bridges[0].counts())["queued"] == 1
+    finally:
+        for b in bridges:
+            b.close()
