@@ -52,13 +52,17 @@ def verify_signature(
     stamp = headers.get("webhook-timestamp")
     given = headers.get("webhook-signature")
     if not msg_id or not stamp or not given:
-        raise BadDelivery(401, "missing_signature", "webhook-id, webhook-timestamp and webhook-signature headers are required", field="webhook-signature")
+        raise BadDelivery(401, "missing_signature",
+                          "webhook-id, webhook-timestamp and webhook-signature headers are required",
+                          field="webhook-signature")
     try:
         timestamp_s = int(stamp)
     except ValueError:
-        raise BadDelivery(401, "invalid_signature", "webhook-timestamp is not an integer", field="webhook-timestamp") from None
+        raise BadDelivery(401, "invalid_signature", "webhook-timestamp is not an integer",
+                          field="webhook-timestamp") from None
     if abs(now_s - timestamp_s) > tolerance_s:
-        raise BadDelivery(401, "stale_signature", f"webhook-timestamp is more than {tolerance_s} s from now", field="webhook-timestamp")
+        raise BadDelivery(401, "stale_signature", f"webhook-timestamp is more than {tolerance_s} s from now",
+                          field="webhook-timestamp")
     offered = [part.encode() for part in given.split() if part.startswith("v1,")]
     ok = False
     for secret in secrets:

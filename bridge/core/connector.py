@@ -66,7 +66,8 @@ class ConnectorSpec(BaseModel):
     record_path: str | None = None
     # Deliveries that name their own operation (Rownd's meta.operation) and how they map to actions.
     operation_path: str | None = None
-    operations: dict[str, Literal["add", "update", "update_tags", "delete", "ignore"]] = Field(default_factory=dict)
+    operations: dict[str, Literal["add", "update", "update_tags", "delete", "ignore"]] = Field(
+        default_factory=dict)
     # Action for a delivery on /hooks/{connection} that names none (e.g. User.com "new user" → add).
     default_action: Literal["add", "update", "update_tags"] | None = None
     # Fields hidden by the CRM (Rownd's visibility_update): never written.
@@ -155,7 +156,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "tags_path": "tags",
         "meta_prefix": "customerly",
-        "fetch": {"method": "GET", "path": "/users", "query": {"email": "{{email}}"}, "response_path": "data"},
+        "fetch": {"method": "GET", "path": "/users", "query": {"email": "{{email}}"},
+                  "response_path": "data"},
         "write_back": {
             "method": "POST",
             "path": "/users",
@@ -231,7 +233,8 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def build_connector(crm: str, overrides: dict[str, Any] | None = None, extra_fields: dict[str, str] | None = None) -> ConnectorSpec:
+def build_connector(crm: str, overrides: dict[str, Any] | None = None,
+                    extra_fields: dict[str, str] | None = None) -> ConnectorSpec:
     """The connector for preset ``crm`` with ``overrides`` merged in; raises ValueError naming the problem."""
     if crm not in PRESETS:
         raise ValueError(f"unknown crm {crm!r}; built-in presets are {', '.join(sorted(PRESETS))}")

@@ -28,7 +28,8 @@ def _ascii_slug(text: str) -> str:
     return re.sub(r"[^a-z0-9._-]", "", folded.lower())
 
 
-def base_login(username_format: str, email: str, first_name: str | None, last_name: str | None, number: int) -> str:
+def base_login(username_format: str, email: str, first_name: str | None, last_name: str | None,
+               number: int) -> str:
     """The login to try for a new user (WordPress makes it unique by appending a number).
 
     ``email`` (default) uses the address; ``flname`` first+last name; ``fnamenum`` first name and
@@ -75,7 +76,8 @@ def resolve_role(
     if slug == ADMIN or wanted.lower() == ADMIN:
         return RoleDecision(default_role, f"role {wanted!r} is never granted; using {default_role!r}")
     if slug is None:
-        return RoleDecision(default_role, f"role {wanted!r} does not exist on the site; using {default_role!r}")
+        return RoleDecision(default_role,
+                            f"role {wanted!r} does not exist on the site; using {default_role!r}")
     if allowed_roles is not None and slug not in allowed_roles:
         return RoleDecision(default_role, f"role {slug!r} is not in allowed_roles; using {default_role!r}")
     return RoleDecision(slug)

@@ -135,14 +135,16 @@ def parse_body(content_type: str | None, body: bytes) -> tuple[dict[str, Any], s
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise BadDelivery(400, "invalid_encoding", f"body is not valid UTF-8 (byte {exc.start})", field="body") from None
+            raise BadDelivery(400, "invalid_encoding", f"body is not valid UTF-8 (byte {exc.start})",
+                              field="body") from None
         if mime == "application/x-www-form-urlencoded":
             return dict(parse_qsl(text, keep_blank_values=True)), None
         if not json_mime:
             raise BadDelivery(
                 415,
                 "unsupported_media_type",
-                f"content type {mime[:60]!r} is not accepted; send application/json or application/x-www-form-urlencoded",
+                f"content type {mime[:60]!r} is not accepted; "
+                "send application/json or application/x-www-form-urlencoded",
                 field="content-type",
             )
         data = _stdlib_json_object(text)
@@ -167,17 +169,23 @@ def _stdlib_json_object(text: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except RecursionError:
-        raise BadDelivery(400, "too_deep", f"JSON nesting deeper than {MAX_DEPTH} levels", field="body") from None
+        raise BadDelivery(400, "too_deep", f"JSON nesting deeper than {MAX_DEPTH} levels",
+                          field="body") from None
     except json.JSONDecodeError as exc:
-        raise BadDelivery(400, "invalid_json", f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", field="body") from None
+        raise BadDelivery(400, "invalid_json",
+                          f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                          field="body") from None
     except ValueError as exc:  # not a JSONDecodeError: an integer longer than Python's 4300-digit limit
-        raise BadDelivery(400, "invalid_json", f"body is not acceptable JSON: {str(exc).split(':')[0][:80]}", field="body") from None
+        raise BadDelivery(400, "invalid_json", f"body is not acceptable JSON: {str(exc).split(':')[0][:80]}",
+                          field="body") from None
     if not isinstance(data, dict):
-        raise BadDelivery(400, "invalid_payload", f"JSON body must be an object, not {type(data).__name__}", field="body")
+        raise BadDelivery(400, "invalid_payload", f"JSON body must be an object, not {type(data).__name__}",
+                          field="body")
     return data
 
 
-def _action_for(spec: ConnectorSpec, query: Mapping[str, str], body: dict[str, Any]) -> tuple[str, str | None]:
+def _action_for(spec: ConnectorSpec, query: Mapping[str, str],
+                body: dict[str, Any]) -> tuple[str, str | None]:
     action = normalize_action(query.get("wpf_action"))
     if action:
         return action, None
@@ -189,13 +197,15 @@ def _action_for(spec: ConnectorSpec, query: Mapping[str, str], body: dict[str, A
                 raise BadDelivery(
                     400,
                     "unknown_operation",
-                    f"{spec.operation_path}={str(operation)[:40]!r} is not one of {', '.join(spec.operations) or 'none configured'}",
+                    f"{spec.operation_path}={str(operation)[:40]!r} is not one of "
+                    f"{', '.join(spec.operations) or 'none configured'}",
                     field=spec.operation_path,
                 )
             return mapped, str(operation)
     if spec.default_action:
         return spec.default_action, None
-    raise BadDelivery(400, "missing_action", "no wpf_action in the query and none in the body", field="wpf_action")
+    raise BadDelivery(400, "missing_action", "no wpf_action in the query and none in the body",
+                      field="wpf_action")
 
 
 def _text(value: Any) -> str | None:
@@ -229,12 +239,15 @@ def check_overrides(query: Mapping[str, str], allowed: frozenset[str]) -> None:
 def check_contact_id(contact_id: str) -> None:
     """Refuse (422) a contact ID that could change a CRM request path or cannot be stored."""
     if len(contact_id) > 255:
-        raise BadDelivery(422, "invalid_contact_id", "contact ID longer than 255 characters", field="contact_id")
+        raise BadDelivery(422, "invalid_contact_id", "contact ID longer than 255 characters",
+                          field="contact_id")
     if not _utf8(contact_id):
-        raise BadDelivery(422, "invalid_contact_id", "contact ID is not valid Unicode (lone surrogate)", field="contact_id")
+        raise BadDelivery(422, "invalid_contact_id", "contact ID is not valid Unicode (lone surrogate)",
+                          field="contact_id")
     if contact_id in (".", "..") or _UNSAFE_ID.search(contact_id):
         raise BadDelivery(422, "invalid_contact_id",
-                          "contact ID may not be '.' or '..' or contain slashes, backslashes or control characters",
+                          "contact ID may not be '.' or '..' or contain slashes, backslashes "
+                          "or control characters",
                           field="contact_id")
 
 
@@ -270,8 +283,10 @@ def parse_delivery(
     if email is None and (hit := first_path(data, [*spec.email_paths, "email"], looked_up)):
         email = _text(hit[1])
     if contact_id is None and email is None:
-        looked = ", ".join(dict.fromkeys(["query contact_id", "query email", *spec.contact_id_paths, *spec.email_paths, "contact_id", "email"]))
-        raise BadDelivery(422, "missing_contact", f"no contact ID or email found (looked at {looked})", field="contact_id")
+        looked = ", ".join(dict.fromkeys(["query contact_id", "query email", *spec.contact_id_paths,
+                                          *spec.email_paths, "contact_id", "email"]))
+        raise BadDelivery(422, "missing_contact", f"no contact ID or email found (looked at {looked})",
+                          field="contact_id")
     if email is not None:
         if "@" not in email or len(email) > 254 or _SPACE.search(email) or not _utf8(email):
             raise BadDelivery(422, "invalid_email", f"email {email[:60]!r} is not an address", field="email")

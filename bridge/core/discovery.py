@@ -26,7 +26,8 @@ _GUESSES = [
 def mask(document: Any) -> Any:
     """A copy with values of secret- or password-looking keys replaced by ``***``."""
     if isinstance(document, dict):
-        return {k: (MASK if SECRET_FIELD.search(str(k)) and v not in (None, "") else mask(v)) for k, v in document.items()}
+        return {k: (MASK if SECRET_FIELD.search(str(k)) and v not in (None, "") else mask(v))
+                for k, v in document.items()}
     if isinstance(document, list):
         return [mask(v) for v in document]
     return document

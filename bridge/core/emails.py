@@ -25,7 +25,8 @@ _PHP_TRIM = " \t\n\r\0\x0b"
 
 
 def _refuse(email: str, why: str) -> BadDelivery:
-    return BadDelivery(422, "invalid_email", f"email {email[:60]!r} is not an address WordPress accepts: {why}",
+    return BadDelivery(422, "invalid_email",
+                       f"email {email[:60]!r} is not an address WordPress accepts: {why}",
                        field="email")
 
 

@@ -39,7 +39,8 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def map_record(spec: ConnectorSpec, record: dict[str, Any], redacted: set[str] = frozenset()) -> ContactFields:
+def map_record(spec: ConnectorSpec, record: dict[str, Any],
+               redacted: set[str] = frozenset()) -> ContactFields:
     """Apply the connector's field mapping to a record; redacted or masked values are skipped."""
     out = ContactFields()
     for source, target in spec.fields.items():

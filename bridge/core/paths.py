@@ -99,7 +99,8 @@ def get_path(document: Any, path: str, default: Any = None) -> Any:
     return value
 
 
-def first_path(document: Any, paths: list[str], looked_up: dict[str, Any] | None = None) -> tuple[str, Any] | None:
+def first_path(document: Any, paths: list[str],
+               looked_up: dict[str, Any] | None = None) -> tuple[str, Any] | None:
     """The first of ``paths`` that holds a non-empty value, as (path, value), or None.
     ``looked_up`` (path → value) is read and filled, so a path shared by several calls is walked once."""
     for path in paths:

@@ -61,7 +61,8 @@ def merge_fields(spec: ConnectorSpec, deliveries: list[Delivery]) -> ContactFiel
     merged = ContactFields()
     for delivery in deliveries:  # oldest first: a newer value overwrites
         record = get_path(delivery.body, spec.record_path) if spec.record_path else delivery.body
-        mapped = map_record(spec, record if isinstance(record, dict) else {}, redacted_fields(spec, delivery.body))
+        mapped = map_record(spec, record if isinstance(record, dict) else {},
+                            redacted_fields(spec, delivery.body))
         if mapped.tags is not None:
             merged.tags = mapped.tags
         if delivery.action == "update_tags":
@@ -133,7 +134,8 @@ def plan_upsert(
     if decision.warning:
         out.warnings.append(decision.warning)
     out.creating = "add" in actions or (conn.create_on_update and "update" in actions)
-    upsert.update(create=out.creating, role=decision.role, meta=dict(contact.meta), first_name=contact.first_name,
+    upsert.update(create=out.creating, role=decision.role, meta=dict(contact.meta),
+                  first_name=contact.first_name,
                   last_name=contact.last_name, display_name=contact.display_name)
     if not out.creating:
         return out

@@ -95,9 +95,11 @@ def template_problems(template: Any, known: set[str], secrets: set[str]) -> list
         if name.startswith("secrets."):
             if name[len("secrets."):] not in secrets:
                 have = ", ".join(sorted(secrets)) or "none"
-                problems.append(f"{{{{{name}}}}} names a secret the connection does not have (secrets: {have})")
+                problems.append(f"{{{{{name}}}}} names a secret the connection does not have "
+                                f"(secrets: {have})")
         elif name not in known:
-            problems.append(f"unknown merge field {{{{{name}}}}} (this request fills {', '.join(sorted(known))})")
+            problems.append(f"unknown merge field {{{{{name}}}}} "
+                            f"(this request fills {', '.join(sorted(known))})")
     return problems
 
 
