@@ -59,7 +59,8 @@ def learn(conn: sqlite3.Connection, now: float, connection: str, contact_id: str
     return decision
 
 
-def _learn_locks(now: float, connection: str, contact_id: str | None, email: str | None, *_: object) -> list[str]:
+def _learn_locks(now: float, connection: str, contact_id: str | None, email: str | None,
+                 *_: object) -> list[str]:
     pair = link(contact_id, email)
     return [] if pair is None else [id_key(connection, pair[0]), email_key(connection, pair[1])]
 
@@ -131,14 +132,16 @@ def enqueue_contacts(conn: sqlite3.Connection, calls: list[tuple]) -> list[tuple
     links: dict[tuple[str, str], str | None] = {}
     if wanted:
         pairs = sorted(wanted)
-        rows = conn.execute("SELECT connection, email, contact_id FROM contact_aliases WHERE (connection, email) IN"
+        rows = conn.execute("SELECT connection, email, contact_id FROM contact_aliases"
+                            " WHERE (connection, email) IN"
                             " (SELECT * FROM unnest(?::text[], ?::text[]))",
                             ([p[0] for p in pairs], [p[1] for p in pairs])).fetchall()
         links = {(r[0], r[1]): r[2] for r in rows}
     keyed = []
     for now, dedupe_key, window_s, connection, action, contact_id, email, payload, waiting_only, _ in full:
         linked_id = links.get((connection, email.casefold())) if email else None
-        keyed.append((now, dedupe_key, window_s, connection, action, key_for(connection, contact_id, email, linked_id),
+        keyed.append((now, dedupe_key, window_s, connection, action,
+                      key_for(connection, contact_id, email, linked_id),
                       payload, waiting_only))
     # The keys of linked IDs were not known when the batch took its locks: taken now (pgdb.lock).
     lock(conn, [k[5] for k in keyed])

@@ -42,7 +42,8 @@ def migrations(folder: str = "migrations") -> list[tuple[int, str, str]]:
     if len(set(numbers)) != len(numbers):
         # Two files with one number: the second would be skipped silently on every database.
         clash = sorted({n for n in numbers if numbers.count(n) > 1})
-        raise RuntimeError(f"migrations numbered {clash} more than once: renumber them (bridge/store/{folder})")
+        raise RuntimeError(f"migrations numbered {clash} more than once: "
+                           f"renumber them (bridge/store/{folder})")
     return out
 
 
@@ -62,7 +63,8 @@ def connect(path: Path | str) -> sqlite3.Connection:
 
 def schema_version(conn: sqlite3.Connection) -> int:
     """The highest applied migration, 0 for a new database."""
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)")
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                 " applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)")
     row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
     return row[0] or 0
 

@@ -148,7 +148,8 @@ class JobStore:
         """Durably queue a job (or find the duplicate); await it for (job_id, duplicate). ``payload``
         is JSON text (``Delivery.payload_json()``); ``waiting_only``: see ``queue.enqueue``. Not a
         coroutine (see ``Writer.run``)."""
-        return self._writer.run(q.enqueue, self.clock(), dedupe_key, window_s, connection, action, contact_key,
+        return self._writer.run(q.enqueue, self.clock(), dedupe_key, window_s, connection, action,
+                                contact_key,
                                 payload, waiting_only)
 
     def enqueue_contact(self, dedupe_key: str, window_s: float, connection: str, action: str,

@@ -58,7 +58,8 @@ def read_version(conn: sqlite3.Connection) -> int:
     """The database's schema version without creating anything (0 when it has none)."""
     if pgdb.dialect(conn) == "postgresql":
         return pgdb.read_version(conn)
-    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
+    exists = conn.execute("SELECT 1 FROM sqlite_master"
+                          " WHERE type = 'table' AND name = 'schema_version'").fetchone()
     if not exists:
         return 0
     return conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
@@ -190,7 +191,8 @@ def find_jobs(conn: sqlite3.Connection, *, status: str | None = None, connection
     return [_job(r) for r in conn.execute(sql, args).fetchall()]
 
 
-def job_ids(conn: sqlite3.Connection, *, status: str, connection: str | None, since: float | None) -> list[int]:
+def job_ids(conn: sqlite3.Connection, *, status: str, connection: str | None,
+            since: float | None) -> list[int]:
     """IDs of the jobs a bulk command acts on, oldest first."""
     where, args = _filters(status, connection, None, since)
     return [r[0] for r in conn.execute(f"SELECT id FROM jobs{where} ORDER BY id", args)]
@@ -225,7 +227,8 @@ def oldest_queued_at(conn: sqlite3.Connection) -> float | None:
     return conn.execute("SELECT MIN(created_at) FROM jobs WHERE status = 'queued'").fetchone()[0]
 
 
-def rejected(conn: sqlite3.Connection, *, limit: int | None = 20, pending_only: bool = False) -> list[sqlite3.Row]:
+def rejected(conn: sqlite3.Connection, *, limit: int | None = 20,
+             pending_only: bool = False) -> list[sqlite3.Row]:
     """Rejected deliveries, newest first; ``pending_only`` leaves out those already replayed."""
     sql = "SELECT id, received_at, connection, status, reason, replayed_job FROM rejected"
     if pending_only:
@@ -238,7 +241,8 @@ def rejected(conn: sqlite3.Connection, *, limit: int | None = 20, pending_only: 
     return conn.execute(sql, args).fetchall()
 
 
-def backup(conn: sqlite3.Connection, target: Path, progress: Callable[[int, int], None] | None = None) -> None:
+def backup(conn: sqlite3.Connection, target: Path,
+           progress: Callable[[int, int], None] | None = None) -> None:
     """Copy the database to ``target`` with SQLite's online backup API (consistent while the daemon
     writes); ``progress(done_pages, total_pages)`` is called along the way."""
     dest = sqlite3.connect(str(target))

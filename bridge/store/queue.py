@@ -98,7 +98,8 @@ def enqueue(
     ).fetchone()
     conn.execute(
         "INSERT INTO deliveries (dedupe_key, job_id, received_at) VALUES (?, ?, ?)"
-        " ON CONFLICT (dedupe_key) DO UPDATE SET job_id = excluded.job_id, received_at = excluded.received_at",
+        " ON CONFLICT (dedupe_key) DO UPDATE SET job_id = excluded.job_id,"
+        " received_at = excluded.received_at",
         (dedupe_key, job_id, now),
     )
     if not busy:
@@ -193,7 +194,8 @@ def reject(conn: sqlite3.Connection, now: float, connection: str | None, status:
     """Keep an authenticated delivery that could not be accepted, raw, for inspection and replay;
     ``auth`` records how it was authenticated (key scope, signature headers)."""
     return conn.execute(
-        "INSERT INTO rejected (received_at, connection, status, reason, method, query, content_type, body, auth)"
+        "INSERT INTO rejected (received_at, connection, status, reason, method, query, content_type,"
+        " body, auth)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (now, connection, status, reason, method, json.dumps(query), content_type, body,
          json.dumps(auth) if auth is not None else None),
@@ -212,7 +214,8 @@ def mark_replayed(conn: sqlite3.Connection, rejected_id: int, job_id: int) -> No
 
 def keep_sample(conn: sqlite3.Connection, now: float, connection: str, body: str, keep: int) -> None:
     """Store a (masked) delivery body for field discovery, keeping the last ``keep`` per connection."""
-    conn.execute("INSERT INTO samples (connection, received_at, body) VALUES (?, ?, ?)", (connection, now, body))
+    conn.execute("INSERT INTO samples (connection, received_at, body) VALUES (?, ?, ?)",
+                 (connection, now, body))
     conn.execute(
         "DELETE FROM samples WHERE connection = ? AND id NOT IN"
         " (SELECT id FROM samples WHERE connection = ? ORDER BY id DESC LIMIT ?)",
@@ -224,7 +227,8 @@ def release_running(conn: sqlite3.Connection, now: float) -> int:
     """Put every running job back in the queue (at start-up: the lock on the database file proves
     that whoever ran them is gone). Heads stay heads, so each contact keeps its order."""
     return conn.execute(
-        "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, merged_into = NULL, updated_at = ?"
+        "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, merged_into = NULL,"
+        " updated_at = ?"
         " WHERE status = 'running'",
         (now,),
     ).rowcount
@@ -237,7 +241,8 @@ def release_orphans(conn: sqlite3.Connection, now: float, owner: str, keep: list
     kept = set(keep)
     lost = [(now, r[0], owner) for r in rows if r[0] not in kept]
     conn.executemany(
-        "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, merged_into = NULL, updated_at = ?"
+        "UPDATE jobs SET status = 'queued', owner = NULL, lease_until = NULL, merged_into = NULL,"
+        " updated_at = ?"
         " WHERE id = ? AND owner = ? AND status = 'running'",
         lost,
     )
@@ -277,7 +282,8 @@ def expire_lease(conn: sqlite3.Connection, now: float, lease: tuple[int, str, in
 def _row_job(row: sqlite3.Row, merged: list[tuple[int, str, str]], owner: str) -> Job:
     return Job(
         id=row["id"], connection=row["connection"], action=row["action"], contact_key=row["contact_key"],
-        payload=json.loads(row["payload"]), attempts=row["attempts"] + 1, stage=row["stage"], secret=row["secret"],
+        payload=json.loads(row["payload"]), attempts=row["attempts"] + 1, stage=row["stage"],
+        secret=row["secret"],
         merged=[m[0] for m in merged], merged_actions=[m[1] for m in merged],
         latest_payload=json.loads(merged[-1][2]) if merged else None,
         merged_payloads=[json.loads(m[2]) for m in merged], owner=owner,
@@ -330,7 +336,8 @@ def claim(conn: sqlite3.Connection, now: float, owner: str, limit: int, lease_s:
         )
         if merged:
             conn.executemany(
-                "UPDATE jobs SET status = 'running', owner = ?, lease_until = ?, merged_into = ?, updated_at = ?"
+                "UPDATE jobs SET status = 'running', owner = ?, lease_until = ?, merged_into = ?,"
+                " updated_at = ?"
                 " WHERE id = ?",
                 [(owner, lease_until, row["id"], now, mid) for mid, _, _ in merged],
             )
@@ -363,7 +370,8 @@ def finish(conn: sqlite3.Connection, now: float, job: Job, outcome: dict[str, An
     contact's next job becomes its head. Fenced (see ``save_stage``): False when fenced out."""
     lock(conn, _job_locks(now, job))
     cur = conn.execute(
-        "UPDATE jobs SET status = 'done', head = 0, owner = NULL, outcome = ?, secret = NULL, lease_until = NULL,"
+        "UPDATE jobs SET status = 'done', head = 0, owner = NULL, outcome = ?, secret = NULL,"
+        " lease_until = NULL,"
         " last_error = NULL, updated_at = ?" + _FENCE,
         (json.dumps(outcome), now, job.id, job.owner, job.attempts),
     )
@@ -418,7 +426,8 @@ def bury(conn: sqlite3.Connection, now: float, job: Job, error: str) -> bool:
 bury.lock_keys = _job_locks  # type: ignore[attr-defined]
 
 
-def _remember(conn: sqlite3.Connection, now: float, job_id: int, event: str, attempt: int, error: str | None) -> None:
+def _remember(conn: sqlite3.Connection, now: float, job_id: int, event: str, attempt: int,
+              error: str | None) -> None:
     """Append to the job's history (migration 0005), which a requeue keeps."""
     conn.execute("INSERT INTO job_history (job_id, at, event, attempt, error) VALUES (?, ?, ?, ?, ?)",
                  (job_id, now, event, attempt, error))
@@ -437,15 +446,18 @@ def _advance(conn: sqlite3.Connection, contact_key: str) -> None:
     """The contact's head left the active set: its oldest active job (if any) becomes the head."""
     wake(conn)
     conn.execute(
-        "UPDATE jobs SET head = 1 WHERE id = (SELECT id FROM jobs INDEXED BY jobs_active WHERE contact_key = ?"
+        "UPDATE jobs SET head = 1 WHERE id = (SELECT id FROM jobs INDEXED BY jobs_active"
+        " WHERE contact_key = ?"
         " AND status IN ('queued', 'running') ORDER BY id LIMIT 1)",
         (contact_key,),
     )
 
 
-def prune(conn: sqlite3.Connection, now: float, retention_s: float, dedupe_window_s: float) -> tuple[int, int]:
+def prune(conn: sqlite3.Connection, now: float, retention_s: float,
+          dedupe_window_s: float) -> tuple[int, int]:
     """Delete done jobs older than the retention and expired dedupe keys: (jobs, keys) removed."""
-    jobs = conn.execute("DELETE FROM jobs WHERE status = 'done' AND updated_at < ?", (now - retention_s,)).rowcount
+    jobs = conn.execute("DELETE FROM jobs WHERE status = 'done' AND updated_at < ?",
+                        (now - retention_s,)).rowcount
     keys = conn.execute("DELETE FROM deliveries WHERE received_at < ?", (now - dedupe_window_s,)).rowcount
     return jobs, keys
 
@@ -464,7 +476,8 @@ def prune_untrusted(conn: sqlite3.Connection, now: float, dead_retention_s: floa
         dead += conn.execute("DELETE FROM jobs WHERE status = 'dead' AND id <= ?", (cut,)).rowcount
     rejected = conn.execute("DELETE FROM rejected WHERE received_at < ?",
                             (now - rejected_retention_s,)).rowcount
-    row = conn.execute("SELECT id FROM rejected ORDER BY id DESC LIMIT 1 OFFSET ?", (rejected_max,)).fetchone()
+    row = conn.execute("SELECT id FROM rejected ORDER BY id DESC LIMIT 1 OFFSET ?",
+                       (rejected_max,)).fetchone()
     if row is not None:
         rejected += conn.execute("DELETE FROM rejected WHERE id <= ?", (row[0],)).rowcount
     return dead, rejected
@@ -511,7 +524,8 @@ def requeue(conn: sqlite3.Connection, now: float, job_id: int) -> bool:
     """Give a dead job a fresh start (after the operator fixed the cause), with a fresh retry budget;
     its failure history is kept. It goes back in its contact's line where its ID puts it: the head,
     unless a job of the contact runs right now (then it becomes the head when that one ends)."""
-    row = conn.execute("SELECT contact_key, attempts FROM jobs WHERE id = ? AND status = 'dead'", (job_id,)).fetchone()
+    row = conn.execute("SELECT contact_key, attempts FROM jobs WHERE id = ? AND status = 'dead'",
+                       (job_id,)).fetchone()
     if row is None:
         return False
     lock(conn, [row[0]])
@@ -525,7 +539,8 @@ def requeue(conn: sqlite3.Connection, now: float, job_id: int) -> bool:
         conn.execute("UPDATE jobs SET head = 0 WHERE id = ?", (active[0],))
     head = 0 if running or (active is not None and active[0] < job_id) else 1
     conn.execute(
-        "UPDATE jobs SET status = 'queued', head = ?, attempts = 0, run_at = ?, budget_from = ?, updated_at = ?"
+        "UPDATE jobs SET status = 'queued', head = ?, attempts = 0, run_at = ?, budget_from = ?,"
+        " updated_at = ?"
         " WHERE id = ?",
         (head, now, now, now, job_id),
     )

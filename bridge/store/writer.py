@@ -94,7 +94,8 @@ def take_frames(buf: bytearray) -> list[Any]:
 
 
 def commit_batch(conn: sqlite3.Connection, calls: list[tuple[int, Callable[..., Any], tuple]],
-                 on_commit_error: Callable[[Exception], None] = lambda exc: None) -> list[tuple[int, bool, Any]]:
+                 on_commit_error: Callable[[Exception], None] = lambda exc: None
+                 ) -> list[tuple[int, bool, Any]]:
     """Run ``fn(conn, *args)`` for every call in one transaction and commit: [(call_id, ok, value)]."""
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -119,7 +120,8 @@ def commit_batch(conn: sqlite3.Connection, calls: list[tuple[int, Callable[..., 
         return [(cid, False, exc) for cid, _, _ in calls]
 
 
-def _apply_isolated(conn: sqlite3.Connection, calls: list[tuple[int, Callable[..., Any], tuple]]) -> list[tuple[int, bool, Any]]:
+def _apply_isolated(conn: sqlite3.Connection,
+                    calls: list[tuple[int, Callable[..., Any], tuple]]) -> list[tuple[int, bool, Any]]:
     results = []
     for cid, fn, args in calls:
         conn.execute("SAVEPOINT call")
@@ -191,7 +193,8 @@ def serve(sock: socket.socket, conn: sqlite3.Connection, checkpoint_every_s: flo
         calls = [call for batch in take_frames(buf) for call in batch]
         if not calls:
             continue
-        results = commit_batch(conn, calls, lambda exc: _child_log("db.commit_failed", error=str(exc), calls=len(calls)))
+        results = commit_batch(conn, calls,
+                               lambda exc: _child_log("db.commit_failed", error=str(exc), calls=len(calls)))
         dirty = True
         if eof:
             break  # the parent closed its end: what was read is committed, nobody waits for the answer
@@ -264,7 +267,8 @@ class Writer:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = child_env(os.environ, str(Path(__file__).resolve().parent.parent.parent))
         try:
-            self._proc = subprocess.Popen([sys.executable, "-m", "bridge.store.writer", str(child.fileno()), self.path],
+            self._proc = subprocess.Popen([sys.executable, "-m", "bridge.store.writer",
+                                           str(child.fileno()), self.path],
                                           pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env)
         finally:
             child.close()
@@ -315,7 +319,8 @@ class Writer:
     def _flush(self) -> None:
         calls, self._outbox = self._outbox, []
         if self._transport is None or self._transport.is_closing():
-            self._fail([cid for cid, _, _ in calls], WriterUnavailable("the database writer process is not running"))
+            self._fail([cid for cid, _, _ in calls],
+                       WriterUnavailable("the database writer process is not running"))
             return
         try:
             self._transport.write(frame(calls))
@@ -349,7 +354,8 @@ class Writer:
         code = self._proc.poll() if self._proc else None
         if not self._closing:
             log.error("db.writer_died", exit_code=code, calls_in_flight=len(self._pending))
-        self._fail(list(self._pending), WriterUnavailable("the database writer process stopped; the call may not be committed"))
+        self._fail(list(self._pending),
+                   WriterUnavailable("the database writer process stopped; the call may not be committed"))
         self._transport = self._link = self._connecting = None
         self._sock = None
         if self._proc is not None and code is None and not self._closing:
