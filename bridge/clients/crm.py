@@ -64,14 +64,17 @@ class CrmClient:
         built = self.build(request, values)
         redact = (*self._secrets.values(), *sent_secrets)
         try:
-            async for attempt in retrying(self._retry.http_attempts, self._retry.http_backoff_s, self._retry.http_max_wait_s):
+            async for attempt in retrying(self._retry.http_attempts, self._retry.http_backoff_s,
+                                          self._retry.http_max_wait_s):
                 with attempt, redacting(redact):
                     # A Retry-After any job got from this CRM holds back every call to it.
                     await self.gate.enter(self._retry.http_max_wait_s)
                     try:
                         answer = await send(
-                            self._session, self.service, built["method"], built["url"], timeout_s=self._timeout_s,
-                            auth_markers=self.spec.auth_error_markers, not_found_markers=self.spec.not_found_markers,
+                            self._session, self.service, built["method"], built["url"],
+                            timeout_s=self._timeout_s,
+                            auth_markers=self.spec.auth_error_markers,
+                            not_found_markers=self.spec.not_found_markers,
                             headers=built["headers"], params=built.get("params"), json=built.get("json"),
                         )
                     except RateLimited as exc:
@@ -91,12 +94,14 @@ class CrmClient:
         if self.spec.fetch is None:
             raise Permanent(self.service, "this connector has no fetch request")
         try:
-            data = await self.request(self.spec.fetch, {"contact_id": contact_id or email or "", "email": email or ""})
+            data = await self.request(self.spec.fetch,
+                                      {"contact_id": contact_id or email or "", "email": email or ""})
         except NotFound:
             return None
         record = get_path(data, self.spec.fetch.response_path) if self.spec.fetch.response_path else data
         if not isinstance(record, dict):
-            raise Permanent(self.service, f"fetch answer has no object at {self.spec.fetch.response_path or 'the top'}")
+            raise Permanent(self.service,
+                            f"fetch answer has no object at {self.spec.fetch.response_path or 'the top'}")
         return record
 
     async def write_back(self, contact_id: str | None, email: str | None, attributes: dict[str, Any]) -> Any:

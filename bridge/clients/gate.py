@@ -42,5 +42,6 @@ class RateGate:
         RateLimited with the time left, so the job goes back to the queue until then."""
         while (left_s := self.remaining_s()) > 0:
             if left_s > max_wait_s:
-                raise RateLimited(self.service, f"paused for {left_s:.0f} s more (an earlier Retry-After)", left_s)
+                raise RateLimited(self.service, f"paused for {left_s:.0f} s more (an earlier Retry-After)",
+                                  left_s)
             await asyncio.sleep(left_s)

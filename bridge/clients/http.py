@@ -26,7 +26,8 @@ log = structlog.get_logger("bridge.http")
 
 TRANSIENT_STATUSES = {408, 425, 502, 503, 504}
 # WordPress answers 500 for a duplicate email or login on user creation: not worth retrying.
-PERMANENT_CODES = {"existing_user_email", "existing_user_login", "rest_user_invalid_role", "rest_invalid_param"}
+PERMANENT_CODES = {"existing_user_email", "existing_user_login", "rest_user_invalid_role",
+                   "rest_invalid_param"}
 
 
 def basic_auth(user: str, password: str) -> str:
@@ -53,7 +54,8 @@ def _error_text(data: Any, raw: bytes) -> tuple[str, str | None]:
     if isinstance(data, dict):
         err = data.get("error")
         if isinstance(err, dict):
-            return str(err.get("message") or err)[:200], str(err.get("code")) if err.get("code") is not None else None
+            return (str(err.get("message") or err)[:200],
+                    str(err.get("code")) if err.get("code") is not None else None)
         if isinstance(err, str):
             return err[:200], None
         if "message" in data:
@@ -106,7 +108,8 @@ def read_response(
         if code in PERMANENT_CODES:
             raise Permanent(service, f"HTTP {status} {code}: {message}", status=status, code=code)
         raise Transient(service, f"HTTP {status}: {message}", status=status, code=code)
-    raise Permanent(service, f"HTTP {status}{' ' + code if code else ''}: {message}", status=status, code=code)
+    raise Permanent(service, f"HTTP {status}{' ' + code if code else ''}: {message}", status=status,
+                    code=code)
 
 
 async def send(
@@ -122,7 +125,8 @@ async def send(
 ) -> Any:
     """One HTTP request read by ``read_response``; connection failures and timeouts are Transient."""
     try:
-        async with session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout_s), **kwargs) as resp:
+        async with session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                   **kwargs) as resp:
             raw = await resp.read()
             return read_response(service, resp.status, resp.headers, raw,
                                  auth_markers=auth_markers, not_found_markers=not_found_markers)

@@ -96,18 +96,21 @@ def read_batch(service: str, data: Any, sent: int) -> list[UpsertResult | Remote
     single upsert would have raised for that item (read by ``read_response``, as any answer)."""
     items = data.get("results") if isinstance(data, dict) else None
     if not isinstance(items, list) or len(items) != sent:
-        raise Transient(service, f"a batch of {sent} answered {len(items) if isinstance(items, list) else 'no'} results")
+        raise Transient(service, f"a batch of {sent} answered "
+                                 f"{len(items) if isinstance(items, list) else 'no'} results")
     out: list[UpsertResult | RemoteError] = []
     for item in items:
         error = item.get("error") if isinstance(item, dict) else None
         if not isinstance(error, dict):
             out.append(UpsertResult.from_json(item if isinstance(item, dict) else {}))
             continue
-        body = {"code": error.get("code"), "message": error.get("message", ""), "data": error.get("data") or {}}
+        body = {"code": error.get("code"), "message": error.get("message", ""),
+                "data": error.get("data") or {}}
         status = (error.get("data") or {}).get("status") or 500
         try:
             read_response(service, int(status), {}, json.dumps(body).encode())
-            out.append(Transient(service, f"an item refused with status {status}"))  # a 2xx refusal: none known
+            # a 2xx refusal: none known
+            out.append(Transient(service, f"an item refused with status {status}"))
         except RemoteError as exc:
             out.append(exc)
     return out
@@ -153,7 +156,8 @@ class RestWordPress:
     async def _call(self, method: str, route: str, redact: tuple[str | None, ...] = (), **kwargs: Any) -> Any:
         # ?rest_route= works whatever the site's permalink settings are.
         params = {"rest_route": f"/wp-sync-bridge/v1/{route}", **kwargs.pop("params", {})}
-        async for attempt in retrying(self._retry.http_attempts, self._retry.http_backoff_s, self._retry.http_max_wait_s):
+        async for attempt in retrying(self._retry.http_attempts, self._retry.http_backoff_s,
+                                      self._retry.http_max_wait_s):
             with attempt, redacting(redact):
                 return await send(self._session, self.service, method, self._base, params=params,
                                   timeout_s=self._timeout_s, **kwargs)
@@ -168,7 +172,8 @@ class RestWordPress:
 
     async def lookup(self, email=None, contact_id=None, contact_id_key=None, tags_key=None, meta_keys=None):
         """The user with this contact ID (meta) or exact email, or None."""
-        params = {k: v for k, v in {"email": email, "contact_id": contact_id, "contact_id_key": contact_id_key,
+        params = {k: v for k, v in {"email": email, "contact_id": contact_id,
+                                    "contact_id_key": contact_id_key,
                                      "tags_key": tags_key}.items() if v}
         if meta_keys:
             params["meta_keys"] = ",".join(meta_keys)

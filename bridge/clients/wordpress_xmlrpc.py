@@ -26,7 +26,8 @@ if not hasattr(collections, "Iterable"):
     collections.Iterable = collections.abc.Iterable  # type: ignore[attr-defined]
 
 from wordpress_xmlrpc import AuthenticatedMethod, Client  # noqa: E402
-from wordpress_xmlrpc.exceptions import InvalidCredentialsError, ServerConnectionError, UnsupportedXmlrpcMethodError  # noqa: E402
+from wordpress_xmlrpc.exceptions import (InvalidCredentialsError, ServerConnectionError,  # noqa: E402
+                                         UnsupportedXmlrpcMethodError)
 
 SERVICE = "wordpress-xmlrpc"
 
@@ -83,7 +84,8 @@ def read_fault(exc: BaseException) -> Exception:
             return AuthFailed(SERVICE, text, status=403, code=code)
         return AuthFailed(SERVICE, f"credentials refused: {text}", status=403)
     if isinstance(exc, UnsupportedXmlrpcMethodError):
-        return Permanent(SERVICE, f"method {exc} missing: is the wp-sync-bridge plugin installed?", code="plugin_missing")
+        return Permanent(SERVICE, f"method {exc} missing: is the wp-sync-bridge plugin installed?",
+                         code="plugin_missing")
     if isinstance(exc, xmlrpc.client.Fault):
         code, text = exc.faultCode, str(exc.faultString)[:200]
         wpsb_code = _plugin_code(text)
@@ -95,7 +97,8 @@ def read_fault(exc: BaseException) -> Exception:
             return RateLimited(SERVICE, text, None, status=code)
         if code in (502, 503, 504) or code == -32300:
             return Transient(SERVICE, text, status=code)
-        return Permanent(SERVICE, f"fault {code}: {text}", status=code if isinstance(code, int) and code >= 400 else None,
+        return Permanent(SERVICE, f"fault {code}: {text}",
+                         status=code if isinstance(code, int) and code >= 400 else None,
                          code=wpsb_code)
     if isinstance(exc, xmlrpc.client.ProtocolError):
         if exc.errcode in (401, 403):
@@ -128,7 +131,8 @@ class XmlRpcWordPress:
     def _client(self) -> Client:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = Client(self._url, self._user, self._password, transport=_TimeoutTransport(self._timeout_s))
+            client = Client(self._url, self._user, self._password,
+                            transport=_TimeoutTransport(self._timeout_s))
             self._local.client = client
         return client
 
@@ -141,7 +145,8 @@ class XmlRpcWordPress:
 
     async def _call(self, method: AuthenticatedMethod, redact: tuple[str | None, ...] = ()) -> Any:
         loop = asyncio.get_running_loop()
-        async for attempt in retrying(self._retry.http_attempts, self._retry.http_backoff_s, self._retry.http_max_wait_s):
+        async for attempt in retrying(self._retry.http_attempts, self._retry.http_backoff_s,
+                                      self._retry.http_max_wait_s):
             with attempt, redacting((self._password, *redact)):
                 return await loop.run_in_executor(self._pool, self._blocking, method)
 
@@ -159,7 +164,8 @@ class XmlRpcWordPress:
         return user or None
 
     async def upsert(self, request: UpsertRequest) -> UpsertResult:
-        return UpsertResult.from_json(await self._call(_Upsert(request.as_args()), redact=(request.password,)))
+        return UpsertResult.from_json(await self._call(_Upsert(request.as_args()),
+                                                       redact=(request.password,)))
 
     async def upsert_batch(self, requests: list[UpsertRequest]) -> list[UpsertResult | RemoteError]:
         """Several upserts in one call (``wpsb.upsertUsers``); per item a result or a typed error."""

@@ -58,7 +58,8 @@ class Intake:
         self.connection_keys = {name: [k.get_secret_value() for k in conn.access_keys]
                                 for name, conn in settings.connections.items()}
         self.trusted_proxies = frozenset(settings.server.trusted_proxies)
-        self.throttle = FailureThrottle(settings.server.auth_failures_per_min, settings.server.auth_tracker_size, time.monotonic)
+        self.throttle = FailureThrottle(settings.server.auth_failures_per_min,
+                                        settings.server.auth_tracker_size, time.monotonic)
         # Bound once (after logging is configured), not per delivery through the lazy proxy.
         self.log = log.bind()
         self._shapes: set[tuple[str, str]] = set()
@@ -72,20 +73,25 @@ class Intake:
         wait_s = self.throttle.blocked(address)
         if wait_s is not None:
             self.metrics.delivery(None, "throttled")
-            return json_error(BadDelivery(429, "too_many_failures", "too many requests with a wrong access key; slow down"),
+            return json_error(BadDelivery(429, "too_many_failures",
+                                          "too many requests with a wrong access key; slow down"),
                               {"Retry-After": str(int(wait_s) + 1)})
-        connection = request.match_info.get("connection") or request.query.get("connection") or self.default_connection
+        connection = (request.match_info.get("connection") or request.query.get("connection")
+                      or self.default_connection)
         provided = request.query.get("access_key") or request.headers.get("X-Access-Key")
         scope = self._key_scope(provided, connection)
         if scope is None:
             self.throttle.failed(address)
             self.metrics.delivery(None, "forbidden")
             self.log.warning("delivery.forbidden", remote=address, key_given=bool(provided))
-            return json_error(BadDelivery(403, "invalid_access_key", "Invalid Access Key" if provided else "access_key is missing", field="access_key"))
+            return json_error(BadDelivery(403, "invalid_access_key",
+                                          "Invalid Access Key" if provided else "access_key is missing",
+                                          field="access_key"))
         conn = self.settings.connections.get(connection) if connection else None
         if conn is not None and conn.allowed_networks and not _in_networks(address, conn.allowed_networks):
             self.metrics.delivery(connection, "network_not_allowed")
-            self.log.warning("delivery.forbidden", remote=address, connection=connection, reason="network_not_allowed")
+            self.log.warning("delivery.forbidden", remote=address, connection=connection,
+                             reason="network_not_allowed")
             return json_error(BadDelivery(403, "network_not_allowed",
                                           f"deliveries for {connection!r} are not accepted from this address",
                                           field="connection"))
@@ -107,11 +113,13 @@ class Intake:
             auth: dict[str, Any] = {"scope": scope}
             if conn is not None and conn.signing_secrets:
                 auth["webhook"] = {h: request.headers.get(h) for h in SIGNATURE_HEADERS}
-            await self.store.reject(connection=connection, status=err.status, reason=f"{err.code}: {err.message}",
+            await self.store.reject(connection=connection, status=err.status,
+                                    reason=f"{err.code}: {err.message}",
                                     method=request.method, query=public_query(query),
                                     content_type=request.headers.get("Content-Type"), body=body, auth=auth)
             self.metrics.delivery(connection if conn is not None else None, err.code)
-            self.log.info("delivery.rejected", connection=connection, status=err.status, reason=err.code, detail=err.message)
+            self.log.info("delivery.rejected", connection=connection, status=err.status, reason=err.code,
+                          detail=err.message)
             return json_error(err)
 
     def _key_scope(self, provided: str | None, connection: str | None) -> str | None:
@@ -143,13 +151,15 @@ class Intake:
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding not in DECODED_ENCODINGS:
             raise BadDelivery(415, "unsupported_content_encoding",
-                              f"Content-Encoding {encoding[:40]!r} is not accepted; send {', '.join(DECODED_ENCODINGS[1:])} or none",
+                              f"Content-Encoding {encoding[:40]!r} is not accepted; "
+                              f"send {', '.join(DECODED_ENCODINGS[1:])} or none",
                               field="content-encoding")
         try:
             return await self._read_decoded(request)
         except RequestPayloadError as exc:
             raise BadDelivery(400, "invalid_content_encoding",
-                              f"the body cannot be decoded as Content-Encoding {encoding!r}: {str(exc).split(':')[-1].strip()[:80]}",
+                              f"the body cannot be decoded as Content-Encoding {encoding!r}: "
+                              f"{str(exc).split(':')[-1].strip()[:80]}",
                               field="content-encoding") from None
 
     async def _read_decoded(self, request: web.Request) -> bytes:
@@ -157,22 +167,28 @@ class Intake:
         length = request.content_length  # parsed from the header on every access: once
         if length is not None:
             if length > limit:
-                raise BadDelivery(413, "body_too_large", f"body of {length} bytes is over the limit of {limit}", field="body")
+                raise BadDelivery(413, "body_too_large",
+                                  f"body of {length} bytes is over the limit of {limit}", field="body")
             return await request.read()  # within the limit: in one go
         chunks, size = [], 0
         async for chunk in request.content.iter_chunked(64 * 1024):
             size += len(chunk)
             if size > limit:
-                raise BadDelivery(413, "body_too_large", f"body is over the limit of {limit} bytes", field="body")
+                raise BadDelivery(413, "body_too_large", f"body is over the limit of {limit} bytes",
+                                  field="body")
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _accept(self, request: web.Request, connection: str | None, query: dict[str, str], body: bytes) -> web.Response:
+    async def _accept(self, request: web.Request, connection: str | None, query: dict[str, str],
+                      body: bytes) -> web.Response:
         if connection is None or connection not in self.specs:
             known = ", ".join(sorted(self.specs)) or "none configured"
-            raise BadDelivery(404, "unknown_connection", f"connection {str(connection)[:60]!r} is not configured (known: {known})", field="connection")
+            raise BadDelivery(404, "unknown_connection",
+                              f"connection {str(connection)[:60]!r} is not configured (known: {known})",
+                              field="connection")
         conn = self.settings.connections[connection]
-        delivery = parse_delivery(connection, self.specs[connection], query, request.headers.get("Content-Type"), body,
+        delivery = parse_delivery(connection, self.specs[connection], query,
+                                  request.headers.get("Content-Type"), body,
                                   conn.overrides_allowed())
         if delivery.action == "test":
             self.metrics.delivery(connection, "test")

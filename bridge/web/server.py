@@ -24,7 +24,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, error: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"success": False, "error": error, "message": message}, status=status, headers=headers)
+    return web.json_response({"success": False, "error": error, "message": message}, status=status,
+                             headers=headers)
 
 
 def _route(methods: tuple[str, ...], handler: Handler) -> Handler:
@@ -44,7 +45,8 @@ def _route(methods: tuple[str, ...], handler: Handler) -> Handler:
             raise
         except Exception as exc:  # the sender will retry; the operator reads the log
             log.error("http.unhandled", path=request.path, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-            return _error(503, "unavailable", "the delivery could not be stored; retry later", {"Retry-After": "5"})
+            return _error(503, "unavailable", "the delivery could not be stored; retry later",
+                          {"Retry-After": "5"})
 
     return guarded
 
@@ -57,7 +59,8 @@ def metrics_handler(metrics_body: Callable[[], Awaitable[bytes]], token: str | N
         if expected is not None:
             given = request.headers.get(hdrs.AUTHORIZATION, "").encode()
             if not hmac.compare_digest(given, expected):
-                return _error(401, "unauthorized", "a bearer token is required", {"WWW-Authenticate": "Bearer"})
+                return _error(401, "unauthorized", "a bearer token is required",
+                              {"WWW-Authenticate": "Bearer"})
         return web.Response(body=await metrics_body(), content_type="text/plain")
 
     return metrics
@@ -99,6 +102,7 @@ def make_app(intake: Intake, ready: Health, metrics_body: Callable[[], Awaitable
     app.router.add_route("*", "/healthz", _route(read_methods, healthz))
     app.router.add_route("*", "/readyz", _route(read_methods, readyz))
     if metrics_body is not None:
-        app.router.add_route("*", "/metrics", _route(read_methods, metrics_handler(metrics_body, metrics_token)))
+        app.router.add_route("*", "/metrics",
+                             _route(read_methods, metrics_handler(metrics_body, metrics_token)))
     app.router.add_route("*", "/{tail:.*}", _route(tuple(sorted(hdrs.METH_ALL)), not_found))
     return app
