@@ -54,7 +54,8 @@ def secrets_of(settings: Settings) -> list[str]:
 class Bridge:
     """One running bridge. ``await start()``, then ``await stop()`` (or ``run()`` until a signal)."""
 
-    def __init__(self, settings: Settings, redactor: Redactor | None = None, config_path: str | Path | None = None,
+    def __init__(self, settings: Settings, redactor: Redactor | None = None,
+                 config_path: str | Path | None = None,
                  notifier: Notifier | None = None) -> None:
         self.settings = settings
         self.redactor = redactor
@@ -112,7 +113,8 @@ class Bridge:
         self._intake = intake = Intake(s, self.store, self.metrics, self.worker.notify)
         token = s.server.metrics_token.get_secret_value() if s.server.metrics_token else None
         separate = s.server.metrics_port is not None
-        app = make_app(intake, self._ready, None if separate else self._metrics_body, s.server.max_body_bytes, token)
+        app = make_app(intake, self._ready, None if separate else self._metrics_body, s.server.max_body_bytes,
+                       token)
         self.runner = make_runner(app, s.server, self.metrics, handle_signals=False, shutdown_timeout=5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, s.server.host, s.server.port, backlog=s.server.backlog)
@@ -265,7 +267,8 @@ class Bridge:
         """``/metrics`` on ``server.metrics_host:metrics_port`` (default host: ``server.host``)."""
         s = self.settings.server
         # Guarded like the webhook listener (bridge.web.edge): timeouts, the cap, no request line echoed.
-        self.metrics_runner = make_runner(make_metrics_app(self._metrics_body, token), s, None, handle_signals=False)
+        self.metrics_runner = make_runner(make_metrics_app(self._metrics_body, token), s, None,
+                                          handle_signals=False)
         await self.metrics_runner.setup()
         host = s.metrics_host or s.host
         try:
@@ -279,7 +282,8 @@ class Bridge:
         """Every CRM request's outcome feeds ``wpsb_crm_up``; a change is logged once."""
         before = self._crm_state.get(connection)
         if before is not None and before[0] != up:
-            (log.info if up else log.warning)("crm.reachable" if up else "crm.unreachable", connection=connection)
+            (log.info if up else log.warning)("crm.reachable" if up else "crm.unreachable",
+                                              connection=connection)
         self._crm_state[connection] = (up, time.monotonic())
         self.metrics.set_crm_up(connection, up)
 
@@ -323,4 +327,5 @@ class Bridge:
             # The reader connection: a scrape never waits behind group commits, and at most once per
             # COUNTS_MAX_AGE_S.
             self._oldest, self._oldest_at = await self.store.read(oldest_queued_at), time.monotonic()
-        return self.metrics.render(await self.store.cached_counts(COUNTS_MAX_AGE_S), self._oldest, self.health.healthy)
+        return self.metrics.render(await self.store.cached_counts(COUNTS_MAX_AGE_S), self._oldest,
+                                   self.health.healthy)

@@ -53,7 +53,8 @@ class UpsertBatcher:
     """
 
     def __init__(self, wordpress: Callable[[], WordPress], size: int, linger_s: float, max_in_flight: int,
-                 waiting_jobs: Callable[[], int] = lambda: 0, on_batch: Callable[[int], None] = lambda n: None,
+                 waiting_jobs: Callable[[], int] = lambda: 0,
+                 on_batch: Callable[[int], None] = lambda n: None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._wordpress = wordpress
         self._size = size

@@ -71,15 +71,18 @@ def serve(config: str | None) -> None:
     from bridge.store.jobs import DatabaseLocked
 
     if config is not None and not os.access(config, os.R_OK):
-        fail(f"cannot read the config file {config}: {'unreadable' if os.path.exists(config) else 'not found'}",
+        fail(f"cannot read the config file {config}: "
+             f"{'unreadable' if os.path.exists(config) else 'not found'}",
              EX_NOINPUT)
     settings = load(config, strict=True)
     if not settings.has_access_keys():
-        click.echo("configuration error: server.access_keys: at least one access key (here or in a connection's"
+        click.echo("configuration error: server.access_keys: at least one access key"
+                   " (here or in a connection's"
                    " access_keys) is required to serve", err=True)
         sys.exit(EX_CONFIG)
     if not settings.connections:
-        click.echo("configuration error: connections: no CRM connection is configured; add a [connections.NAME]"
+        click.echo("configuration error: connections: no CRM connection is configured;"
+                   " add a [connections.NAME]"
                    " table (see config.example.toml)", err=True)
         sys.exit(EX_CONFIG)
     try:
@@ -127,7 +130,8 @@ def _doctor_command(name: str, help_text: str) -> click.Command:
     return command
 
 
-cli.add_command(_doctor_command("doctor", "Check everything at once (configuration, database, listen address, "
+cli.add_command(_doctor_command("doctor",
+                                "Check everything at once (configuration, database, listen address, "
                                 "WordPress, each CRM) and say how to fix each problem. Exit 0 when nothing "
                                 "is wrong."))
 cli.add_command(_doctor_command("check", "The same as doctor (its old name)."))
@@ -198,11 +202,13 @@ def discover(config: str | None, connection: str) -> None:
 
     settings = load(config)
     if connection not in settings.connections:
-        fail(f"unknown connection {connection!r}; configured: {', '.join(settings.connections) or 'none'}", EX_CONFIG)
+        fail(f"unknown connection {connection!r}; configured: {', '.join(settings.connections) or 'none'}",
+             EX_CONFIG)
     with database(settings) as conn:
         rows = operator.samples(conn, connection)
     if not rows:
-        click.echo(f"no deliveries stored for {connection!r} yet: send a test event from the CRM, then run this "
+        click.echo(f"no deliveries stored for {connection!r} yet: "
+                   "send a test event from the CRM, then run this "
                    "again", err=True)
         sys.exit(1)
     fields = find_fields([json.loads(body) for body in rows])
@@ -256,7 +262,8 @@ def webhooks_register(config: str | None, connection: str, public_url: str | Non
     with database(settings, write=True) as conn, transaction(conn):
         remote_id, created = _run(wh.register(conn, settings, connection, url))
     shown = url.split("?")[0]
-    click.echo(f"{connection}: webhook {remote_id} {'created' if created else 'already registered'} → {shown}")
+    click.echo(f"{connection}: webhook {remote_id} "
+               f"{'created' if created else 'already registered'} → {shown}")
 
 
 @webhooks.command("unregister")

@@ -21,7 +21,8 @@ EX_CANTCREAT = 73     # an output file cannot be written
 EX_TEMPFAIL = 75      # the database is in use, or its schema is not this bridge's
 EX_CONFIG = 78        # the configuration is wrong: restarting will not help
 
-config_option = click.option("--config", "-c", "config", type=click.Path(dir_okay=False), envvar="WPSB_CONFIG",
+config_option = click.option("--config", "-c", "config", type=click.Path(dir_okay=False),
+                             envvar="WPSB_CONFIG",
                              help="TOML configuration file (or $WPSB_CONFIG).")
 
 

@@ -20,7 +20,8 @@ def parse_since(text: str, now: float | None = None) -> float:
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"{text!r}: use a duration such as 30m, 2h, 7d, or a date such as 2026-11-30") from None
+        raise ValueError(f"{text!r}: use a duration such as 30m, 2h, 7d, "
+                         "or a date such as 2026-11-30") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return when.timestamp()

@@ -38,7 +38,8 @@ def _email(job: dict[str, Any]) -> str:
 def _line(job: dict[str, Any]) -> str:
     outcome = (job["outcome"] or {}).get("outcome", "")
     error = f" error: {job['last_error']}" if job["last_error"] and job["status"] != "done" else ""
-    return (f"{job['id']:>8}  {job['status']:<7}  {job['connection']:<12} {job['action']:<11} {_email(job):<28} "
+    return (f"{job['id']:>8}  {job['status']:<7}  {job['connection']:<12} {job['action']:<11} "
+            f"{_email(job):<28} "
             f"attempts={job['attempts']}  {when(job['created_at'])}  {outcome}{error}").rstrip()
 
 
@@ -114,7 +115,8 @@ def _bulk(label: str, items: list[Any], act: Any) -> dict[str, int]:
 @jobs.command("requeue")
 @config_option
 @click.argument("job_ids", type=int, nargs=-1)
-@click.option("--status", type=click.Choice(["dead"]), help="Requeue every job in this state (with the filters).")
+@click.option("--status", type=click.Choice(["dead"]),
+              help="Requeue every job in this state (with the filters).")
 @click.option("--connection", help="With --status: only this connection's jobs.")
 @click.option("--since", help="With --status: only jobs created since (30m, 2h, 7d, 2026-11-30).")
 def jobs_requeue(config: str | None, job_ids: tuple[int, ...], status: str | None, connection: str | None,

@@ -64,7 +64,8 @@ def lint(settings: Settings) -> list[Lint]:
     out: list[Lint] = []
     wp = settings.wordpress
     if _cleartext(wp.url):
-        out.append(Lint("wordpress.url", "plain http to a remote host: the application password travels in clear",
+        out.append(Lint("wordpress.url",
+                        "plain http to a remote host: the application password travels in clear",
                         "use https://", "warning"))
     if not wp.application_password.get_secret_value():
         out.append(Lint("wordpress.application_password", "not set",
@@ -74,11 +75,14 @@ def lint(settings: Settings) -> list[Lint]:
                         "add it to allowed_roles or pick one of them", "warning"))
     server = settings.server
     if not settings.has_access_keys():
-        out.append(Lint("server.access_keys", "empty (and no connection has access_keys): `serve` refuses to start",
-                        "set at least one key of 8 or more characters (WPSB_SERVER__ACCESS_KEYS='[\"...\"]')"))
+        out.append(Lint("server.access_keys",
+                        "empty (and no connection has access_keys): `serve` refuses to start",
+                        "set at least one key of 8 or more characters "
+                        "(WPSB_SERVER__ACCESS_KEYS='[\"...\"]')"))
     if server.public_url and urlsplit(server.public_url).scheme != "https":
         out.append(Lint("server.public_url", "not https: CRMs would send the access key in clear",
-                        "put a TLS proxy in front (docs/production.md) and use its https:// address", "warning"))
+                        "put a TLS proxy in front (docs/production.md) and use its https:// address",
+                        "warning"))
     if not settings.connections:
         out.append(Lint("connections", "none configured: `serve` refuses to start without one",
                         "add a [connections.NAME] table (wp-sync-bridge print-file config shows them)"))

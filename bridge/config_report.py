@@ -173,7 +173,8 @@ def _connector_problems(name: str, raw: Any) -> list[tuple[str, str]]:
         overrides["base_url"] = raw["base_url"]
     base = f"connections.{name}"
     try:
-        build_connector(str(crm), overrides, raw.get("fields") if isinstance(raw.get("fields"), dict) else None)
+        build_connector(str(crm), overrides,
+                        raw.get("fields") if isinstance(raw.get("fields"), dict) else None)
     except ValidationError as exc:
         out = []
         for err in exc.errors():
@@ -291,12 +292,14 @@ def read_file(path: str | Path | None) -> tuple[dict[str, Any], ConfigProblem | 
     try:
         return tomllib.loads(p.read_text()), None
     except FileNotFoundError:
-        return {}, ConfigProblem("config", f"config file not found: {p}", str(p), "pass the right --config path")
+        return {}, ConfigProblem("config", f"config file not found: {p}", str(p),
+                                 "pass the right --config path")
     except PermissionError:
         return {}, ConfigProblem("config", f"config file not readable by this user: {p}", str(p),
                                  "run as the service user or fix the file's permissions")
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        return {}, ConfigProblem("config", f"invalid TOML: {exc}", str(p), "fix the syntax at the position given")
+        return {}, ConfigProblem("config", f"invalid TOML: {exc}", str(p),
+                                 "fix the syntax at the position given")
 
 
 def collect(path: str | Path | None, with_lint: bool = True) -> ConfigReport:
@@ -330,7 +333,8 @@ def collect(path: str | Path | None, with_lint: bool = True) -> ConfigReport:
             f"replace the placeholder with the real value (in the file, or {env_name(key)})")
     short = _short_keys(merged, placeholders)
     for key in short:
-        add(key, "access keys must be at least 8 characters", "use a long random key (e.g. openssl rand -hex 24)")
+        add(key, "access keys must be at least 8 characters",
+            "use a long random key (e.g. openssl rand -hex 24)")
     try:
         report.settings = Settings(**file_data)
     except ValidationError as exc:
@@ -374,7 +378,8 @@ def _add_lints(settings: Settings, add: Any, skip: set[str] = frozenset()) -> No
         return ".".join(parts[:2]) if parts[0] == "connections" and len(parts) > 1 else key
 
     for item in lint(settings):
-        near = any(item.key == k or item.key.startswith(k + ".") or k.startswith(item.key + ".") for k in skip)
+        near = any(item.key == k or item.key.startswith(k + ".") or k.startswith(item.key + ".")
+                   for k in skip)
         if not near and not any(scope(k) == scope(item.key) != item.key.split(".")[0] for k in skip):
             add(item.key, item.message, item.fix, item.severity)
 

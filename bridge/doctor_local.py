@@ -136,19 +136,22 @@ def database_findings(settings: Settings, service_user: str | None = None) -> li
         out = [Finding("database.path", WARNING, f"no database at {path}: serve will create a new, empty one",
                        "expected before the first start; otherwise database.path points at the wrong file")]
         if account and not _writable_by(path.parent.stat(), account):
-            out.append(Finding("database directory", PROBLEM, f"{path.parent} is not writable by {account.pw_name}",
+            out.append(Finding("database directory", PROBLEM,
+                               f"{path.parent} is not writable by {account.pw_name}",
                                f"chown {account.pw_name}: {path.parent}"))
         return out
     files = [path] + [Path(f"{path}{s}") for s in ("-wal", "-shm", ".lock") if Path(f"{path}{s}").exists()]
     out = [Finding("database.path", OK, str(path))]
     out += _ownership(files, account)
     writer = account
-    if writer is not None and not (_writable_by(path.stat(), writer) and _writable_by(path.parent.stat(), writer)):
+    if writer is not None and not (_writable_by(path.stat(), writer)
+                                   and _writable_by(path.parent.stat(), writer)):
         out.append(Finding("database writable", PROBLEM,
                            f"{path} or its directory is not writable by {writer.pw_name}",
                            f"chmod u+w {path} {path.parent}"))
     elif writer is None and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
-        out.append(Finding("database writable", PROBLEM, f"{path} or its directory is not writable by this user",
+        out.append(Finding("database writable", PROBLEM,
+                           f"{path} or its directory is not writable by this user",
                            "run as the user that owns it, or fix the permissions"))
     else:
         out.append(Finding("database writable", OK, "file and directory writable"))

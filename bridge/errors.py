@@ -48,7 +48,8 @@ class RemoteError(BridgeError):
 
     retryable = False
 
-    def __init__(self, service: str, message: str, status: int | None = None, code: str | None = None) -> None:
+    def __init__(self, service: str, message: str, status: int | None = None,
+                 code: str | None = None) -> None:
         super().__init__(f"{service}: {message}")
         self.service = service
         self.message = message
@@ -65,7 +66,8 @@ class Transient(RemoteError):
 class RateLimited(Transient):
     """The remote asked us to slow down; ``retry_after_s`` is its Retry-After, if it gave one."""
 
-    def __init__(self, service: str, message: str, retry_after_s: float | None, status: int | None = 429) -> None:
+    def __init__(self, service: str, message: str, retry_after_s: float | None,
+                 status: int | None = 429) -> None:
         super().__init__(service, message, status=status, code="rate_limited")
         self.retry_after_s = retry_after_s
 

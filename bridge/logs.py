@@ -58,7 +58,8 @@ class Redactor:
         return tuple(self._secrets)
 
     def scrub(self, value: Any) -> Any:
-        """``value`` with every known secret replaced by ``***`` and secret-named keys masked, at any depth."""
+        """``value`` with every known secret replaced by ``***`` and secret-named keys masked, at any
+        depth."""
         if isinstance(value, str):
             for secret in self._secrets:
                 if secret in value:
@@ -78,7 +79,8 @@ class Redactor:
 
 
 def scrub_text(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with each of ``secrets`` (those of 4 characters or more) replaced by ``***``, longest first."""
+    """``text`` with each of ``secrets`` (those of 4 characters or more) replaced by ``***``, longest
+    first."""
     for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, MASK)
@@ -96,7 +98,8 @@ def mask_secret_fields(value: Any) -> Any:
     return value
 
 
-_JSON = json.JSONEncoder(default=repr)  # one encoder for every event (json.dumps(default=...) builds one per call)
+# one encoder for every event (json.dumps(default=...) builds one per call)
+_JSON = json.JSONEncoder(default=repr)
 
 
 def _to_json(event: dict[str, Any], **_: Any) -> str:
@@ -194,7 +197,8 @@ def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (
     if journal is None:
         journal = stream is None and stderr_is_journal()
     redactor = Redactor(secrets)
-    renderer = structlog.processors.JSONRenderer(serializer=_to_json) if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    renderer = (structlog.processors.JSONRenderer(serializer=_to_json) if fmt == "json"
+                else structlog.dev.ConsoleRenderer(colors=False))
     stream = stream or sys.stderr
     _route_stdlib(level, [redactor, renderer, *([_syslog_prefix] if journal else [])], stream)
     structlog.configure(

@@ -24,21 +24,28 @@ class Metrics:
     def __init__(self, connections: Iterable[str] = ()) -> None:
         self.connections = frozenset(connections)
         self.registry = CollectorRegistry()
-        self.deliveries = Counter("wpsb_deliveries", "Webhook deliveries by result", ["connection", "result"], registry=self.registry)
-        self.jobs = Counter("wpsb_jobs", "Finished job runs by outcome", ["connection", "outcome"], registry=self.registry)
-        self.job_seconds = Histogram("wpsb_job_duration_seconds", "Duration of successful job runs", ["connection"], registry=self.registry)
+        self.deliveries = Counter("wpsb_deliveries", "Webhook deliveries by result", ["connection", "result"],
+                                  registry=self.registry)
+        self.jobs = Counter("wpsb_jobs", "Finished job runs by outcome", ["connection", "outcome"],
+                            registry=self.registry)
+        self.job_seconds = Histogram("wpsb_job_duration_seconds", "Duration of successful job runs",
+                                     ["connection"], registry=self.registry)
         self.connections_closed = Counter("wpsb_http_connections_closed",
                                           "Connections the server closed early, by reason", ["reason"],
                                           registry=self.registry)
         self._delivery_children: dict[tuple[str, str], object] = {}
-        self.batches = Counter("wpsb_wordpress_batches", "Batch upsert requests sent to WordPress", registry=self.registry)
-        self.batch_items = Counter("wpsb_wordpress_batch_items", "Upserts sent in batch requests", registry=self.registry)
-        self.queue = Gauge("wpsb_jobs_in_state", "Jobs per state (counted at most every few seconds)", ["state"],
+        self.batches = Counter("wpsb_wordpress_batches", "Batch upsert requests sent to WordPress",
+                               registry=self.registry)
+        self.batch_items = Counter("wpsb_wordpress_batch_items", "Upserts sent in batch requests",
+                                   registry=self.registry)
+        self.queue = Gauge("wpsb_jobs_in_state", "Jobs per state (counted at most every few seconds)",
+                           ["state"],
                            registry=self.registry)
         self.loop_healthy = Gauge("wpsb_loop_healthy", "1 when the background loop's last round went through",
                                   ["loop"], registry=self.registry)
         self.claim_failures = Counter("wpsb_queue_claim_failures",
-                                      "Claims of due jobs that failed (database errors)", registry=self.registry)
+                                      "Claims of due jobs that failed (database errors)",
+                                      registry=self.registry)
         self.finish_failures = Counter("wpsb_queue_finish_failures",
                                        "Writes of a job's result that failed and were retried",
                                        registry=self.registry)
@@ -48,15 +55,18 @@ class Metrics:
         """What an operator alerts on: the version running, the queue's oldest wait, the services."""
         from bridge import __version__
 
-        info = Gauge("wpsb_build_info", "Always 1; the labels say what runs", ["version", "python"], registry=self.registry)
+        info = Gauge("wpsb_build_info", "Always 1; the labels say what runs", ["version", "python"],
+                     registry=self.registry)
         info.labels(__version__, platform.python_version()).set(1)
         self.oldest_wait = Gauge("wpsb_oldest_queued_job_age_seconds",
                                  "Age of the oldest queued job at the last scrape (0: none waiting)",
                                  registry=self.registry)
-        self.wordpress_up = Gauge("wpsb_wordpress_up", "1 when the last WordPress check (plugin status) passed",
+        self.wordpress_up = Gauge("wpsb_wordpress_up",
+                                  "1 when the last WordPress check (plugin status) passed",
                                   registry=self.registry)
         self.crm_up = Gauge("wpsb_crm_up", "1 when the connection's last CRM request was answered with our "
-                            "credentials accepted (jobs' requests, or the probe after a quiet minute)", ["connection"], registry=self.registry)
+                            "credentials accepted (jobs' requests, or the probe after a quiet minute)",
+                            ["connection"], registry=self.registry)
 
     def set_wordpress_up(self, up: bool | None) -> None:
         self.wordpress_up.set(1 if up else 0)
@@ -107,7 +117,8 @@ class Metrics:
         job's creation time (None: nothing waits) and the loops' health."""
         for state, n in counts.items():
             self.queue.labels(state).set(n)
-        self.oldest_wait.set(max(0.0, time.time() - oldest_queued_at) if oldest_queued_at is not None else 0.0)
+        self.oldest_wait.set(max(0.0, time.time() - oldest_queued_at) if oldest_queued_at is not None
+                             else 0.0)
         for loop, healthy in (loops or {}).items():
             self.loop_healthy.labels(loop).set(1 if healthy else 0)
         return generate_latest(self.registry)

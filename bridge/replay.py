@@ -14,7 +14,8 @@ from bridge.store import aliases
 from bridge.store import queue as q
 
 
-def replay_rejected(conn: sqlite3.Connection, settings: Settings, rejected_id: int, now: float) -> tuple[bool, str]:
+def replay_rejected(conn: sqlite3.Connection, settings: Settings, rejected_id: int,
+                    now: float) -> tuple[bool, str]:
     """Parse a kept delivery again with the current settings and queue it: (ok, message).
 
     Runs inside the caller's transaction."""

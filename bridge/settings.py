@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import (BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, ValidationError, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, ValidationError,
+                      field_validator,
                       model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -159,7 +160,8 @@ class DatabaseSettings(_Section):
     @classmethod
     def _path(cls, value: Path) -> Path:
         if value.is_dir():
-            raise ValueError(f"{value} is a directory; name the database file inside it (e.g. {value / 'bridge.db'})")
+            raise ValueError(f"{value} is a directory; name the database file inside it "
+                             f"(e.g. {value / 'bridge.db'})")
         for parent in value.parents:
             if parent.exists():
                 if not parent.is_dir():
@@ -239,7 +241,8 @@ class WordPressSettings(_Section):
     @classmethod
     def _default_role(cls, value: str) -> str:
         if value.strip().lower() == "administrator":
-            raise ValueError("administrator can never be granted by the bridge; use a role such as subscriber")
+            raise ValueError("administrator can never be granted by the bridge; "
+                             "use a role such as subscriber")
         return value
 
     def granted_roles(self) -> list[str]:
@@ -300,7 +303,8 @@ class ConnectionSettings(_Section):
     @model_validator(mode="after")
     def _policy(self) -> "ConnectionSettings":
         if self.delete_policy == "delete" and self.reassign_to is None:
-            raise ValueError("delete_policy = 'delete' needs reassign_to (the user ID that receives the content)")
+            raise ValueError("delete_policy = 'delete' needs reassign_to "
+                             "(the user ID that receives the content)")
         try:
             spec = self.spec()
         except (ValueError, ValidationError) as exc:

@@ -149,7 +149,8 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
     roles = await ctx.site_roles()
     # Only a password that goes back to the CRM is made here (see Plan.unusable_password).
     password = job.secret or (generate_password(wp.password_length) if conn.return_password_field else None)
-    plan = plan_upsert(deliveries, record, fetched, crm.spec, conn, wp, roles, password, 100 + secrets.randbelow(900))
+    plan = plan_upsert(deliveries, record, fetched, crm.spec, conn, wp, roles, password,
+                       100 + secrets.randbelow(900))
     if plan.outcome is not None or plan.error is not None:
         ctx.forget_record(job)
     if plan.outcome is not None:
@@ -174,7 +175,8 @@ async def run_job(ctx: SyncContext, job: Job) -> dict[str, Any]:
     if fetched or result.user_id is not None:  # the CRM's record or the WordPress user: the current email
         await _learn_link(ctx, job, newest.connection, plan.upsert.get("contact_id"), plan.upsert["email"])
     if result.outcome == "skipped_privileged":
-        log.warning("sync.skipped_privileged", job_id=job.id, connection=newest.connection, user_id=result.user_id)
+        log.warning("sync.skipped_privileged", job_id=job.id, connection=newest.connection,
+                    user_id=result.user_id)
     outcome = {
         "outcome": result.outcome, "user_id": result.user_id, "login": result.login, "role": result.role,
         "changed": result.changed, "warnings": plan.warnings + result.warnings, "action": plan.action,
@@ -221,7 +223,8 @@ async def _write_back(ctx: SyncContext, job: Job, crm: CrmClient, delivery: Deli
         if password is None:
             return {**outcome, "written_back": [], "password_not_written": why_not}
         outcome["password_renewed"] = True
-    result = UpsertResult(user_id=outcome.get("user_id"), created=True, outcome=outcome["outcome"], login=outcome.get("login"))
+    result = UpsertResult(user_id=outcome.get("user_id"), created=True, outcome=outcome["outcome"],
+                          login=outcome.get("login"))
     attributes = _write_back_fields(conn, password, result)
     await crm.write_back(delivery.contact_id, delivery.email or None, attributes)
     log.info("sync.written_back", job_id=job.id, fields=sorted(attributes))
@@ -242,10 +245,12 @@ async def _renew_password(ctx: SyncContext, job: Job, crm: CrmClient, delivery: 
     password = generate_password(wp.password_length)
     await ctx.store.save_stage(job, json.dumps(stage), password)
     job.secret = password
-    result = await ctx.wordpress.upsert(UpsertRequest(email=email, password=password, set_password=True, create=False,
+    result = await ctx.wordpress.upsert(UpsertRequest(email=email, password=password, set_password=True,
+                                                      create=False,
                                                       default_role=wp.default_role))
     if result.user_id is None or result.user_id != stage["outcome"].get("user_id"):
-        return None, f"the user this job created (ID {stage['outcome'].get('user_id')}) no longer has that email"
+        return (None, f"the user this job created (ID {stage['outcome'].get('user_id')}) "
+                      "no longer has that email")
     log.info("sync.password_renewed", job_id=job.id, user_id=result.user_id)
     return password, None
 
@@ -259,6 +264,7 @@ async def _delete(ctx: SyncContext, conn, crm: CrmClient, delivery: Delivery) ->
         "policy": conn.delete_policy, "reassign_to": conn.reassign_to,
     })
     if result.get("outcome") == "skipped_privileged":
-        log.warning("sync.skipped_privileged", connection=delivery.connection, user_id=result.get("user_id"), action="delete")
+        log.warning("sync.skipped_privileged", connection=delivery.connection, user_id=result.get("user_id"),
+                    action="delete")
     return {"outcome": result.get("outcome"), "user_id": result.get("user_id") or None, "action": "delete",
             "policy": conn.delete_policy, "warnings": result.get("warnings") or []}

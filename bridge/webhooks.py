@@ -46,10 +46,12 @@ def _ids_in(data: Any, path: str | None) -> set[str]:
 async def _client(settings: Settings, connection: str, session: aiohttp.ClientSession) -> CrmClient:
     if connection not in settings.connections:
         raise ConfigError("connections", f"unknown connection {connection!r}")
-    return CrmClient(connection, settings.connections[connection], session, settings.worker, settings.wordpress.timeout_s)
+    return CrmClient(connection, settings.connections[connection], session, settings.worker,
+                     settings.wordpress.timeout_s)
 
 
-async def register(conn: sqlite3.Connection, settings: Settings, connection: str, url: str) -> tuple[str, bool]:
+async def register(conn: sqlite3.Connection, settings: Settings, connection: str,
+                   url: str) -> tuple[str, bool]:
     """Create the subscription unless one exists: (remote_id, created_now)."""
     async with aiohttp.ClientSession() as session:
         crm = await _client(settings, connection, session)
@@ -66,10 +68,12 @@ async def register(conn: sqlite3.Connection, settings: Settings, connection: str
         answer = await crm.request(spec.webhook_create, {"webhook_url": url, "connection": connection})
         remote_id = get_path(answer, spec.webhook_create.response_path or "id")
         if remote_id in (None, ""):
-            raise Permanent(crm.service, f"webhook created but no ID at {spec.webhook_create.response_path or 'id'} in the answer")
+            raise Permanent(crm.service, "webhook created but no ID at "
+                            f"{spec.webhook_create.response_path or 'id'} in the answer")
         conn.execute(
             "INSERT INTO webhooks (connection, remote_id, url, created_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (connection) DO UPDATE SET remote_id = excluded.remote_id, url = excluded.url, created_at = excluded.created_at",
+            " ON CONFLICT (connection) DO UPDATE SET remote_id = excluded.remote_id, url = excluded.url,"
+            " created_at = excluded.created_at",
             (connection, str(remote_id), url.split("?")[0], time.time()),
         )
         return str(remote_id), True

@@ -72,7 +72,8 @@ class Worker:
         # worker.concurrency counts WordPress requests in flight; each may carry a batch of upserts.
         self.batcher = ctx.batcher = UpsertBatcher(
             lambda: ctx.wordpress, self.cfg.batch_size, self.cfg.batch_linger_s, self.cfg.concurrency,
-            waiting_jobs=lambda: len(self._running) - self.batcher.submitted, on_batch=metrics.wordpress_batch)
+            waiting_jobs=lambda: len(self._running) - self.batcher.submitted,
+            on_batch=metrics.wordpress_batch)
 
     @property
     def slots(self) -> int:
@@ -174,7 +175,8 @@ class Worker:
         return True
 
     async def _run(self, job: Job) -> None:
-        bound = log.bind(job_id=job.id, connection=job.connection, action=job.effective_action, attempt=job.attempts)
+        bound = log.bind(job_id=job.id, connection=job.connection, action=job.effective_action,
+                         attempt=job.attempts)
         started = time.monotonic()
         error: Exception | None = None
         deadline = asyncio.timeout(self.cfg.job_timeout_s)
@@ -202,7 +204,8 @@ class Worker:
             if error is not None:
                 await self._failed(job, error, bound)
             elif await self._record(job, bound, "finish", lambda: self.store.finish(job, outcome)):
-                self.metrics.job_done(job.connection, outcome.get("outcome", "done"), time.monotonic() - started)
+                self.metrics.job_done(job.connection, outcome.get("outcome", "done"),
+                                      time.monotonic() - started)
                 bound.info("job.done", outcome=outcome.get("outcome"), user_id=outcome.get("user_id"),
                            coalesced=len(job.merged) or None, warnings=outcome.get("warnings") or None)
         finally:
