@@ -30,38 +30,53 @@ DESCRIPTIONS: dict[str, str] = {
     "worker.job_timeout_s": "A job run taking longer is cancelled and retried later (its lease is fenced).",
     "worker.loop_backoff_max_s": "Longest pause of a background loop (claim, results, maintenance, checks) "
                                  "between rounds after errors; it logs, backs off and goes on.",
-    "worker.outage_probe_max_s": "While WordPress is unreachable, dispatch pauses and probes it with a backoff "
+    "worker.outage_probe_max_s": "While WordPress is unreachable, dispatch pauses and probes it "
+                                 "with a backoff "
                                  "up to this; waiting jobs spend no attempts.",
     "connector.event_id_header": "A header carrying the sender's event ID: a repeat of it "
                                                   "within dedupe_window_s is a duplicate.",
     "connector.event_id_path": "A body path carrying the sender's event ID (as event_id_header).",
-    "log_level": "Lowest level logged: debug, info, warning, error or critical (`delivery.accepted` is debug).",
+    "log_level": "Lowest level logged: debug, info, warning, error or critical "
+                 "(`delivery.accepted` is debug).",
     "log_format": "`json`: one JSON event per line (for the journal); `console`: coloured, for a terminal.",
     "server.host": "Address to listen on. Keep 127.0.0.1 behind a TLS proxy on the same machine.",
     "server.port": "TCP port to listen on (0: any free port, for tests).",
-    "server.access_keys": "Keys accepted in `?access_key=` or the `X-Access-Key` header; list several to rotate. "
+    "server.access_keys": "Keys accepted in `?access_key=` or the `X-Access-Key` header; "
+                          "list several to rotate. "
                           "At least 8 characters each; `serve` refuses to start without one.",
     "server.max_body_bytes": "Larger deliveries are answered 413.",
     "server.dedupe_window_s": "A repeated delivery within this window is answered with its first job.",
-    "server.default_connection": "The connection used on `/` when the request names none (default: the first).",
+    "server.default_connection": "The connection used on `/` when the request names none "
+                                 "(default: the first).",
     "server.auth_failures_per_min": "Wrong keys per client address and minute before answering 429.",
     "server.auth_tracker_size": "Client addresses the wrong-key throttle remembers at most.",
-    "server.trusted_proxies": "Proxies whose `X-Forwarded-For` names the real client (e.g. the local TLS proxy).",
-    "server.signature_tolerance_s": "Signed deliveries (Standard Webhooks) older or newer than this are refused.",
-    "server.samples_per_connection": "Deliveries kept per connection (secrets masked) for `wp-sync-bridge discover`.",
-    "server.public_url": "The https address CRMs reach the bridge at (behind the proxy), for `webhooks register`.",
-    "server.metrics_host": "Serve `/metrics` on this address instead of the webhook listener (with metrics_port).",
-    "server.metrics_port": "Serve `/metrics` on this port instead of the webhook listener; unset: on `server.port`.",
+    "server.trusted_proxies": "Proxies whose `X-Forwarded-For` names the real client "
+                              "(e.g. the local TLS proxy).",
+    "server.signature_tolerance_s": "Signed deliveries (Standard Webhooks) older or newer "
+                                    "than this are refused.",
+    "server.samples_per_connection": "Deliveries kept per connection (secrets masked) "
+                                     "for `wp-sync-bridge discover`.",
+    "server.public_url": "The https address CRMs reach the bridge at (behind the proxy), "
+                         "for `webhooks register`.",
+    "server.metrics_host": "Serve `/metrics` on this address instead of the webhook listener "
+                           "(with metrics_port).",
+    "server.metrics_port": "Serve `/metrics` on this port instead of the webhook listener; "
+                           "unset: on `server.port`.",
     "server.metrics_token": "When set, `/metrics` requires `Authorization: Bearer TOKEN`.",
     "database.path": "The SQLite file (WAL). Created by `serve` only; operator commands never create it.",
-    "database.url": "`postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME` selects the PostgreSQL store, for several "
-                    "bridges sharing one queue (`pip install 'wp-sync-bridge[postgresql]'`); unset: SQLite at "
+    "database.url": "`postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME` selects the PostgreSQL store, "
+                    "for several "
+                    "bridges sharing one queue (`pip install 'wp-sync-bridge[postgresql]'`); "
+                    "unset: SQLite at "
                     "`database.path`. `serve` migrates it; operator commands never do.",
-    "database.notify": "PostgreSQL: a commit that makes work due sends one NOTIFY, so the other bridges claim "
+    "database.notify": "PostgreSQL: a commit that makes work due sends one NOTIFY, "
+                       "so the other bridges claim "
                        "it at once; false: they find it at their next poll (`worker.poll_interval_s`).",
-    "worker.concurrency": "WordPress requests in flight; with batching up to concurrency x batch_size jobs run "
+    "worker.concurrency": "WordPress requests in flight; with batching up to concurrency x batch_size "
+                          "jobs run "
                           "at once (a contact's jobs always run one at a time, in order).",
-    "worker.batch_size": "Upserts of running jobs sent as one plugin batch request (plugin 2.1, at most its own "
+    "worker.batch_size": "Upserts of running jobs sent as one plugin batch request "
+                         "(plugin 2.1, at most its own "
                          "limit); 1: one upsert per request.",
     "worker.batch_linger_s": "Longest wait of an upsert for running jobs still on their way to theirs; "
                              "a lone job never waits.",
@@ -72,44 +87,57 @@ DESCRIPTIONS: dict[str, str] = {
     "worker.retry_max_s": "The longest queue backoff.",
     "worker.done_retention_s": "Done jobs are pruned after this long.",
     "worker.shutdown_grace_s": "On SIGTERM, running jobs get this long to finish; the rest stay queued.",
-    "worker.http_attempts": "Quick attempts of one HTTP request within a run (connection errors, 429, 502-504).",
+    "worker.http_attempts": "Quick attempts of one HTTP request within a run "
+                            "(connection errors, 429, 502-504).",
     "worker.http_backoff_s": "First wait between those quick attempts (doubled, with jitter).",
     "worker.http_max_wait_s": "Longest quick wait; a longer Retry-After hands the job back to the queue.",
     "wordpress.url": "The site's home address (https://...). The plugin's REST routes are reached through "
                      "`?rest_route=`, whatever the permalink settings.",
     "wordpress.username": "The WordPress user the bridge acts as (least privilege: docs/production.md).",
-    "wordpress.application_password": "That user's application password (Users → Profile → Application Passwords).",
+    "wordpress.application_password": "That user's application password "
+                                      "(Users → Profile → Application Passwords).",
     "wordpress.transport": "`rest` or `xmlrpc`; both need the companion plugin.",
     "wordpress.timeout_s": "Time allowed for one WordPress request.",
     "wordpress.max_connections": "Keep-alive connections to WordPress at most.",
-    "wordpress.default_role": "Role of a user created without `role=` (must exist on the site; never administrator).",
+    "wordpress.default_role": "Role of a user created without `role=` "
+                              "(must exist on the site; never administrator).",
     "wordpress.allowed_roles": "Roles a delivery or CRM record may ask for (unset: `default_role` alone); "
                                "administrator is never granted.",
     "wordpress.username_format": "Login of a new user: `email`, `flname` (first+last name) or `fnamenum`.",
     "wordpress.password_length": "Length of a generated password.",
-    "wordpress.email_change_notice": "Send WordPress's own \"email changed\" notice to the old address when the CRM "
+    "wordpress.email_change_notice": "Send WordPress's own \"email changed\" notice to the old address "
+                                     "when the CRM "
                                      "changes a user's email.",
     "connections.NAME.crm": "The preset: customerly, usercom, rownd, or generic (nothing preset).",
     "connections.NAME.base_url": "The CRM's API root, e.g. https://YOURAPP.user.com/api/public.",
-    "connections.NAME.secrets": "Named secrets for the connector's templates (`{{secrets.NAME}}`), e.g. token.",
-    "connections.NAME.connector": "Overrides of the connector description (table below), merged over the preset.",
+    "connections.NAME.secrets": "Named secrets for the connector's templates "
+                                "(`{{secrets.NAME}}`), e.g. token.",
+    "connections.NAME.connector": "Overrides of the connector description (table below), "
+                                  "merged over the preset.",
     "connections.NAME.fields": "Extra or overriding mappings: CRM path = WordPress field (or meta.KEY).",
-    "connections.NAME.return_password_field": "CRM field that receives a generated password (written back once).",
+    "connections.NAME.return_password_field": "CRM field that receives a generated password "
+                                              "(written back once).",
     "connections.NAME.return_fields": "Also write back `user_login` and/or `user_id` into these CRM fields.",
     "connections.NAME.signing_secrets": "Standard Webhooks secrets (`whsec_...`): deliveries must be signed.",
-    "connections.NAME.access_keys": "Keys that work for this connection only (`server.access_keys` work for all).",
+    "connections.NAME.access_keys": "Keys that work for this connection only "
+                                    "(`server.access_keys` work for all).",
     "connections.NAME.allowed_networks": "CIDRs the CRM sends from (the client as seen behind "
                                          "`server.trusted_proxies`); empty: any.",
-    "connections.NAME.query_overrides": "Query parameters (`email`, `contact_id`, `role`) that may name the contact "
+    "connections.NAME.query_overrides": "Query parameters (`email`, `contact_id`, `role`) "
+                                        "that may name the contact "
                                         "or its role instead of the body; none on a signed connection.",
-    "connections.NAME.create_on_update": "Create the user on an `update` for a contact WordPress does not have.",
-    "connections.NAME.delete_policy": "A `delete` delivery: ignore, remove_roles, or delete (needs reassign_to).",
+    "connections.NAME.create_on_update": "Create the user on an `update` "
+                                         "for a contact WordPress does not have.",
+    "connections.NAME.delete_policy": "A `delete` delivery: ignore, remove_roles, or delete "
+                                      "(needs reassign_to).",
     "connections.NAME.reassign_to": "User ID that receives a deleted user's content.",
-    "connections.NAME.fetch_contact": "Fetch the full contact from the CRM (when the connector can) before writing.",
+    "connections.NAME.fetch_contact": "Fetch the full contact from the CRM (when the connector can) "
+                                      "before writing.",
     "connector.base_url": "API root (the connection's base_url sets it too).",
     "connector.headers": "Header templates sent with every request, "
                          "e.g. `Authorization = \"Token {{secrets.token}}\"`.",
-    "connector.contact_id_paths": "JSON paths of the contact ID in a delivery; the first holding a value wins.",
+    "connector.contact_id_paths": "JSON paths of the contact ID in a delivery; "
+                                  "the first holding a value wins.",
     "connector.email_paths": "JSON paths of the email in a delivery.",
     "connector.record_path": "Where the contact record is in a delivery (fields are mapped from there).",
     "connector.operation_path": "Where a delivery names its own operation (Rownd's `meta.operation`).",
@@ -131,7 +159,8 @@ DESCRIPTIONS: dict[str, str] = {
     "request.method": "HTTP method.",
     "request.path": "Path template, appended to base_url.",
     "request.query": "Query parameters (templates).",
-    "request.json_body": "JSON body template; a string that is exactly one merge field becomes its raw value.",
+    "request.json_body": "JSON body template; a string that is exactly one merge field "
+                         "becomes its raw value.",
     "request.response_path": "Where the useful value is in the answer (the record, or the new webhook ID).",
 }
 
@@ -160,7 +189,8 @@ def type_name(annotation: Any) -> str:
     elif isinstance(inner, type) and issubclass(inner, BaseModel):
         text = "table" if inner is not RequestSpec else "request (table below)"
     else:
-        text = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path"}.get(inner, "any")
+        text = {str: "string", int: "integer", float: "number", bool: "boolean",
+                Path: "path"}.get(inner, "any")
     return f"{text} or unset" if optional else text
 
 
@@ -217,7 +247,8 @@ def all_rows() -> dict[str, list[tuple[str, ...]]]:
             tables[f"[{name}.NAME]"] = list(rows(ConnectionSettings, f"{name}.NAME", "connections.NAME"))
         else:
             tables["Top level"].extend(r for r in rows(Settings, "") if r[0] == name)
-    tables["[connections.NAME.connector]"] = list(rows(ConnectorSpec, "connections.NAME.connector", "connector"))
+    tables["[connections.NAME.connector]"] = list(rows(ConnectorSpec, "connections.NAME.connector",
+                                                       "connector"))
     requests = rows(RequestSpec, "connections.NAME.connector.REQUEST", "request")
     tables["Requests (fetch, write_back, webhook_*, probe)"] = list(requests)
     return tables
@@ -231,11 +262,15 @@ def render() -> str:
         "<!-- Generated by `python -m bridge.docs` from bridge/settings.py; do not edit by hand. -->",
         "",
         "The bridge reads one TOML file (`--config FILE` or `$WPSB_CONFIG`), systemd credentials and the",
-        "environment; the environment wins over credentials, which win over the file. Every key can come from a",
-        "variable: `WPSB_` + the key in capitals with `__` between levels (`wordpress.application_password` →",
+        "environment; the environment wins over credentials, which win over the file. "
+        "Every key can come from a",
+        "variable: `WPSB_` + the key in capitals with `__` between levels "
+        "(`wordpress.application_password` →",
         "`WPSB_WORDPRESS__APPLICATION_PASSWORD`); a list or table is given as JSON",
-        "(`WPSB_SERVER__ACCESS_KEYS='[\"k1\", \"k2\"]'`). Under systemd, each file in `$CREDENTIALS_DIRECTORY`",
-        "(`LoadCredential=`) is one setting, named by its dotted key or its environment name (README, \"Under",
+        "(`WPSB_SERVER__ACCESS_KEYS='[\"k1\", \"k2\"]'`). Under systemd, "
+        "each file in `$CREDENTIALS_DIRECTORY`",
+        "(`LoadCredential=`) is one setting, named by its dotted key "
+        "or its environment name (README, \"Under",
         "systemd\"). `NAME` is a connection's name. Placeholder values such as `change-me` are refused.",
         "`wp-sync-bridge doctor` checks all of it at once and names where each bad value came from.",
         "",

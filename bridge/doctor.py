@@ -57,7 +57,8 @@ def _unavailable(check: str, where: str, exc: RemoteError) -> Finding:
     if "Certificate" in text or "SSL" in text:
         return Finding(f"{check} TLS", PROBLEM, f"{where}: the TLS certificate is not trusted ({text})",
                        "fix the site's certificate, or install its CA on this machine", EX_UNAVAILABLE)
-    return Finding(check, PROBLEM, f"{where}: {text}", "check the URL, DNS, the firewall and that the site is up",
+    return Finding(check, PROBLEM, f"{where}: {text}",
+                   "check the URL, DNS, the firewall and that the site is up",
                    EX_UNAVAILABLE)
 
 
@@ -78,7 +79,8 @@ async def _core_me(settings: Settings) -> dict[str, Any] | None:
     async with aiohttp.ClientSession(headers=headers) as session:
         try:
             return await send(session, "wordpress", "GET", wp.url.rstrip("/") + "/",
-                              params={"rest_route": "/wp/v2/users/me", "context": "edit"}, timeout_s=wp.timeout_s)
+                              params={"rest_route": "/wp/v2/users/me", "context": "edit"},
+                              timeout_s=wp.timeout_s)
         except RemoteError:
             return None
 
@@ -94,12 +96,14 @@ def _from_plugin(settings: Settings, caller: dict[str, Any]) -> list[Finding]:
     missing = list(caller.get("missing_capabilities") or [])
     if missing:
         out.append(Finding("wordpress capabilities", PROBLEM, f"{user!r} lacks {', '.join(missing)}",
-                           "give the user the plugin's role WP Sync Bridge (wpsb_bridge), docs/production.md"))
+                           "give the user the plugin's role WP Sync Bridge (wpsb_bridge), "
+                           "docs/production.md"))
     else:
         role = " (role wpsb_bridge)" if caller.get("has_bridge_role") else ""
         out.append(Finding("wordpress capabilities", OK, f"{user!r} has {', '.join(NEEDED_CAPS)}{role}"))
     if caller.get("is_administrator"):
-        out.append(Finding("wordpress user", WARNING, f"{user!r} is an administrator: its application password "
+        out.append(Finding("wordpress user", WARNING,
+                           f"{user!r} is an administrator: its application password "
                            "hands over the whole site if it leaks", "use a user with the role WP Sync Bridge "
                            "(wpsb_bridge), docs/production.md"))
     elif caller.get("excess_capabilities"):
@@ -139,7 +143,8 @@ async def _capability_findings(settings: Settings, status: dict[str, Any]) -> li
                        "grant them to the bridge's role (docs/production.md)") if missing else
                Finding("wordpress capabilities", OK, f"{user!r} has {', '.join(NEEDED_CAPS)}")]
         if "administrator" in roles or "manage_options" in granted:
-            out.append(Finding("wordpress user", WARNING, f"{user!r} is an administrator: more than the bridge needs",
+            out.append(Finding("wordpress user", WARNING,
+                               f"{user!r} is an administrator: more than the bridge needs",
                                "use a dedicated least-privilege user (docs/production.md)"))
     if _needs_delete(settings):
         granted = _caps_from(me)[0] if me else set()
@@ -155,7 +160,8 @@ def _role_findings(settings: Settings, roles: Iterable[str]) -> list[Finding]:
     wp = settings.wordpress
     out = []
     if wp.default_role not in site:
-        out.append(Finding("wordpress.default_role", PROBLEM, f"{wp.default_role!r} is not a role of this site "
+        out.append(Finding("wordpress.default_role", PROBLEM,
+                           f"{wp.default_role!r} is not a role of this site "
                            f"(it has {', '.join(sorted(site))})", "use one of the site's roles", EX_CONFIG))
     missing = [r for r in (wp.allowed_roles or []) if r not in site]
     if missing:
@@ -180,16 +186,21 @@ async def wordpress_findings(settings: Settings) -> list[Finding]:
             status = await wp.status()
         except AuthFailed as exc:
             if exc.status == 403:
-                return [Finding("wordpress credentials", PROBLEM, f"{s.wordpress.username!r} logged in but may not "
+                return [Finding("wordpress credentials", PROBLEM,
+                                f"{s.wordpress.username!r} logged in but may not "
                                 "list users", "grant list_users to the bridge's role (docs/production.md)")]
-            return [Finding("wordpress credentials", PROBLEM, f"{url} refused {s.wordpress.username!r} and its "
-                            "application password", "create a new application password for wordpress.username")]
+            return [Finding("wordpress credentials", PROBLEM,
+                            f"{url} refused {s.wordpress.username!r} and its "
+                            "application password",
+                            "create a new application password for wordpress.username")]
         except NotFound as exc:
             if exc.code == "rest_no_route" or "xmlrpc" in exc.message.lower():
-                return [Finding("wordpress plugin", PROBLEM, f"{url} answers, but the wp-sync-bridge plugin is not "
+                return [Finding("wordpress plugin", PROBLEM,
+                                f"{url} answers, but the wp-sync-bridge plugin is not "
                                 "installed", "wp-sync-bridge install-plugin /path/to/wordpress (or copy "
                                 "wp-sync-bridge.php to wp-content/mu-plugins/)")]
-            return [Finding("wordpress.url", PROBLEM, f"{url} does not look like a WordPress site ({exc.message})",
+            return [Finding("wordpress.url", PROBLEM,
+                            f"{url} does not look like a WordPress site ({exc.message})",
                             "point wordpress.url at the site's home address", EX_CONFIG)]
         except Transient as exc:
             return [_unavailable("wordpress", url, exc)]
@@ -201,7 +212,8 @@ async def wordpress_findings(settings: Settings) -> list[Finding]:
         out.append(Finding("wordpress credentials", OK, f"{s.wordpress.username!r} accepted"))
         api = int(status.get("api_version") or 0)
         if api != API_VERSION:
-            out.append(Finding("wordpress plugin", PROBLEM, f"plugin {status.get('plugin_version')} speaks API {api}, "
+            out.append(Finding("wordpress plugin", PROBLEM,
+                               f"plugin {status.get('plugin_version')} speaks API {api}, "
                                f"this bridge needs {API_VERSION}", "install the plugin that ships with this "
                                "bridge: wp-sync-bridge install-plugin WP_ROOT"))
         else:
@@ -210,7 +222,8 @@ async def wordpress_findings(settings: Settings) -> list[Finding]:
         try:
             out += _role_findings(s, await wp.roles())
         except RemoteError as exc:
-            out.append(Finding("wordpress roles", PROBLEM, f"could not read the site's roles: {exc.message}", ""))
+            out.append(Finding("wordpress roles", PROBLEM, f"could not read the site's roles: {exc.message}",
+                               ""))
         return out
     finally:
         await wp.close()
@@ -230,7 +243,8 @@ async def _probe(name: str, settings: Settings, session: aiohttp.ClientSession) 
     try:
         await crm.request(crm.spec.probe, {})
     except TemplateError as exc:
-        return Finding(check, PROBLEM, f"probe request has a hole: {exc}", f"see connections.{name}", EX_CONFIG)
+        return Finding(check, PROBLEM, f"probe request has a hole: {exc}", f"see connections.{name}",
+                       EX_CONFIG)
     except AuthFailed:
         return Finding(f"connections.{name}.secrets", PROBLEM, f"{target} refused the credentials",
                        f"set the right token in connections.{name}.secrets (or its WPSB_ variable)")
@@ -263,7 +277,8 @@ async def crm_findings(settings: Settings, report: ConfigReport) -> list[Finding
 async def _remote(settings: Settings, report: ConfigReport) -> list[Finding]:
     wp_keys = ("wordpress.url", "wordpress.username", "wordpress.application_password", "wordpress.transport")
     if any(report.touches(k) for k in wp_keys):
-        wp = [Finding("wordpress", WARNING, "not checked: its settings have problems (above)", "fix them first")]
+        wp = [Finding("wordpress", WARNING, "not checked: its settings have problems (above)",
+                      "fix them first")]
     else:
         wp = await wordpress_findings(settings)
     return wp + await crm_findings(settings, report)
@@ -298,7 +313,8 @@ def exit_code(findings: list[Finding]) -> int:
 
 def as_json(findings: list[Finding]) -> str:
     """The findings as a JSON list (for scripts and monitoring)."""
-    return json.dumps([{"check": f.check, "status": f.status, "detail": f.detail, "fix": f.fix} for f in findings],
+    return json.dumps([{"check": f.check, "status": f.status, "detail": f.detail, "fix": f.fix}
+                       for f in findings],
                       indent=2)
 
 
@@ -310,7 +326,8 @@ def render(findings: list[Finding], width: int | None = None, color: bool = Fals
     first = min(30, max([len("check")] + [len(f.check) for f in findings]))
     rest = max(30, width - first - 12)
     colors = {OK: "green", PROBLEM: "red", WARNING: "yellow"}
-    lines = [f"{'check':<{first}}  {'status':<8}  what / how to fix", f"{'-' * first}  {'-' * 8}  {'-' * rest}"]
+    lines = [f"{'check':<{first}}  {'status':<8}  what / how to fix",
+             f"{'-' * first}  {'-' * 8}  {'-' * rest}"]
     for f in findings:
         text = textwrap.wrap(f.detail, rest) or [""]
         if f.fix and f.status != OK:
