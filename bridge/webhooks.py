@@ -18,6 +18,7 @@ from bridge.clients.crm import CrmClient
 from bridge.core.paths import get_path
 from bridge.errors import ConfigError, Permanent
 from bridge.settings import Settings
+from bridge.store import operator
 
 
 def hook_url(settings: Settings, connection: str, public_url: str | None) -> str:
@@ -33,7 +34,7 @@ def hook_url(settings: Settings, connection: str, public_url: str | None) -> str
 
 def stored(conn: sqlite3.Connection, connection: str) -> sqlite3.Row | None:
     """The subscription the bridge created for a connection, if any."""
-    return conn.execute("SELECT * FROM webhooks WHERE connection = ?", (connection,)).fetchone()
+    return operator.webhook(conn, connection)
 
 
 def _ids_in(data: Any, path: str | None) -> set[str]:
@@ -70,12 +71,7 @@ async def register(conn: sqlite3.Connection, settings: Settings, connection: str
         if remote_id in (None, ""):
             raise Permanent(crm.service, "webhook created but no ID at "
                             f"{spec.webhook_create.response_path or 'id'} in the answer")
-        conn.execute(
-            "INSERT INTO webhooks (connection, remote_id, url, created_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (connection) DO UPDATE SET remote_id = excluded.remote_id, url = excluded.url,"
-            " created_at = excluded.created_at",
-            (connection, str(remote_id), url.split("?")[0], time.time()),
-        )
+        operator.keep_webhook(conn, connection, str(remote_id), url.split("?")[0], time.time())
         return str(remote_id), True
 
 
@@ -93,7 +89,7 @@ async def unregister(conn: sqlite3.Connection, settings: Settings, connection: s
         except Permanent as exc:
             if getattr(exc, "status", None) != 404:  # already gone in the CRM: forgetting it is right
                 raise
-    conn.execute("DELETE FROM webhooks WHERE connection = ?", (connection,))
+    operator.forget_webhook(conn, connection)
     return row["remote_id"]
 
 

@@ -254,3 +254,20 @@ def backup(conn: sqlite3.Connection, target: Path,
         conn.backup(dest, pages=256, progress=step)
     finally:
         dest.close()
+
+
+def webhook(conn: sqlite3.Connection, connection: str) -> sqlite3.Row | None:
+    """The webhook subscription the bridge created in a connection's CRM, if any."""
+    return conn.execute("SELECT * FROM webhooks WHERE connection = ?", (connection,)).fetchone()
+
+
+def keep_webhook(conn: sqlite3.Connection, connection: str, remote_id: str, url: str, now: float) -> None:
+    """Store (or replace) a connection's subscription: the CRM's ID for it and the URL without its key."""
+    conn.execute("INSERT INTO webhooks (connection, remote_id, url, created_at) VALUES (?, ?, ?, ?)"
+                 " ON CONFLICT (connection) DO UPDATE SET remote_id = excluded.remote_id, url = excluded.url,"
+                 " created_at = excluded.created_at", (connection, remote_id, url, now))
+
+
+def forget_webhook(conn: sqlite3.Connection, connection: str) -> None:
+    """Forget a connection's subscription (deleted in the CRM)."""
+    conn.execute("DELETE FROM webhooks WHERE connection = ?", (connection,))
