@@ -140,22 +140,18 @@ class UpsertBatcher:
     async def _hold_partial(self) -> None:
         """While a batch that was not full is in flight, wait for its answer or a full batch, at
         most PARTIAL_HOLD_MAX_S."""
-        deadline = self._monotonic() + PARTIAL_HOLD_MAX_S
-        while self._partial_in_flight and len(self._pending) < self.batch_size:
-            left_s = deadline - self._monotonic()
-            if left_s <= 0:
-                return
-            self._arrived.clear()
-            try:
-                async with asyncio.timeout(left_s):
-                    await self._arrived.wait()
-            except TimeoutError:
-                return
+        await self._wait_while(lambda: self._partial_in_flight and len(self._pending) < self.batch_size,
+                               PARTIAL_HOLD_MAX_S)
 
     async def _linger(self) -> None:
         """Wait (up to linger_s) for running jobs still on their way, unless the batch is full."""
-        deadline = self._monotonic() + self._linger_s
-        while len(self._pending) < self.batch_size and self._waiting_jobs() > 0:
+        await self._wait_while(lambda: len(self._pending) < self.batch_size and self._waiting_jobs() > 0,
+                               self._linger_s)
+
+    async def _wait_while(self, waiting: Callable[[], bool], max_s: float) -> None:
+        """Wait for arrivals while ``waiting()`` holds, ``max_s`` at most."""
+        deadline = self._monotonic() + max_s
+        while waiting():
             left_s = deadline - self._monotonic()
             if left_s <= 0:
                 return
