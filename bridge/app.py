@@ -147,8 +147,7 @@ class Bridge:
         if self._session is not None:
             await self._session.close()
         if self.store is not None:
-            if hasattr(self.store, "close_listener"):
-                await self.store.close_listener()
+            await self.store.close_listener()
             self.store.close()
         log.info("bridge.stopped", took_s=round(time.monotonic() - started, 3))
         self._stopped.set()

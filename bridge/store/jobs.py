@@ -215,6 +215,9 @@ class JobStore:
         """Call ``on_work`` when another process makes work due. One bridge owns a SQLite file, and
         its own intake wakes its worker directly: nothing to watch (the PostgreSQL store listens)."""
 
+    async def close_listener(self) -> None:
+        """Stop watching (nothing to close on SQLite; see ``watch``)."""
+
     async def release_running(self) -> int:
         """Put back every running job (at start-up, see ``queue.release_running``)."""
         return await self._writer.run(q.release_running, self.clock())

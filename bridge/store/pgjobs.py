@@ -86,11 +86,6 @@ class PgJobStore(JobStore):
         store.instance_id = instance_id
         return store
 
-    def close(self) -> None:
-        super().close()
-        if self._listener is not None:
-            self._listener = None  # its task is cancelled with the bridge's background tasks
-
     async def release_running(self) -> int:
         """Put back this process's own running jobs only (at stop, after the grace period; none at
         start-up, its owner ID being new): other bridges may be running the rest. A job whose bridge
