@@ -9,8 +9,9 @@ events at info level (to /dev/null). Each PostgreSQL set-up gets a database of i
 here and dropped at the end (``--pg`` names the server); the SQLite bridge a temporary file.
 
 - intake: WordPress and the CRM point at a socket that accepts connections and never answers, so
-  each worker's first jobs hang and what is measured is intake (as bench/intake.py). Each run starts its set-up's bridges on a fresh database (and
-  stops them after), so no other bridge runs meanwhile. One load process (``multiprocessing``,
+  each worker's first jobs hang and what is measured is intake (as bench/intake.py). Each run
+  starts its set-up's bridges on a fresh database (and stops them after), so no other bridge runs
+  meanwhile. One load process (``multiprocessing``,
   spawn, uvloop) keeps CONNECTIONS keep-alive connections, one request in flight each, spread
   evenly over the set-up's bridges, every body a distinct ~200-byte delivery (bench/intake.py's
   load generator). Rounds alternate the order of the set-ups; medians are reported. After each

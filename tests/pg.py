@@ -19,9 +19,9 @@ def _admin() -> psycopg.Connection:
     try:
         return psycopg.connect(SERVER, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        raise RuntimeError(f"the tests of the PostgreSQL store need a server at {SERVER} ({exc}); start it "
-                           "(pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start) or name "
-                           "another in WPSB_TEST_PG") from None
+        raise RuntimeError(f"the tests of the PostgreSQL store need a server at {SERVER} ({exc}); "
+                           "start it (pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main "
+                           "start) or name another in WPSB_TEST_PG") from None
 
 
 @pytest.fixture(scope="session")

@@ -47,7 +47,8 @@ def config(tmp_path) -> Path:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_config(request, tmp_path) -> Path:
     """The configuration on each store."""
-    return write_config(tmp_path, request.getfixturevalue("pg_url") if request.param == "postgresql" else None)
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    return write_config(tmp_path, url)
 
 
 def test_placeholder_config_exits_78_naming_the_key():

@@ -126,7 +126,8 @@ def test_commands_on_an_empty_or_unreachable_postgresql_database_say_so_and_crea
         result = cli(*args, "-c", str(config))
         assert result.returncode == 66 and "database.url" in result.stderr, (args, result.stderr)
     with pgdb.connect(pg_url).raw as raw:
-        assert raw.execute("SELECT to_regclass('jobs'), to_regclass('schema_version')").fetchone() == (None, None)
+        tables = raw.execute("SELECT to_regclass('jobs'), to_regclass('schema_version')").fetchone()
+        assert tables == (None, None)
     backup = cli("backup", str(tmp_path / "b.db"), "-c", str(config))
     assert backup.returncode == 64 and "pg_dump" in backup.stderr
     refused = write_config(tmp_path, "postgresql://wpsb:Sekret-pw-991@127.0.0.1:9/nowhere")
@@ -175,9 +176,9 @@ def test_bulk_requeue_by_status_connection_and_since_keeps_history(config, db):
     statuses = {json.loads(payload)["email"]: status for payload, status in rows}
     assert statuses == {"ada@example.com": "queued", "bob@example.com": "queued", "cy@example.com": "dead",
                         "old@example.com": "dead"}
-    events = [event for event, payload in conn.execute(
-        "SELECT event, payload FROM job_history h JOIN jobs j ON j.id = h.job_id"
-        " WHERE j.action = 'update' ORDER BY h.id").fetchall() if json.loads(payload)["email"] == "ada@example.com"]
+    history = conn.execute("SELECT event, payload FROM job_history h JOIN jobs j ON j.id = h.job_id"
+                           " WHERE j.action = 'update' ORDER BY h.id").fetchall()
+    events = [event for event, payload in history if json.loads(payload)["email"] == "ada@example.com"]
     conn.close()
     assert events == ["retry", "dead", "requeued"]
     again = cli("jobs", "requeue", "--status", "dead", "--connection", "cly", "--since", "1d", "-c", str(config))

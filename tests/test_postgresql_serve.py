@@ -26,14 +26,16 @@ def with_password(url: str) -> str:
 
 async def deliver(session: aiohttp.ClientSession, server: Server, n: int) -> int:
     body = {"type": "user.updated", "data": {"user": {"data": {"email": f"pg-{n}@example.com"}}}}
-    async with session.post(server.url + "/", params={"wpf_action": "add", "access_key": KEY}, json=body) as resp:
+    params = {"wpf_action": "add", "access_key": KEY}
+    async with session.post(server.url + "/", params=params, json=body) as resp:
         answer = await resp.json()
         if resp.status == 503:
             assert answer["error"] == "unavailable" and resp.headers["Retry-After"], answer
         return resp.status
 
 
-async def test_serve_on_postgresql_survives_lost_sessions_and_never_shows_the_password(tmp_path, servers, pg_url):
+async def test_serve_on_postgresql_survives_lost_sessions_and_never_shows_the_password(tmp_path, servers,
+                                                                                      pg_url):
     url = with_password(pg_url)
     port = free_port()
     config = write_config(tmp_path, port, url)

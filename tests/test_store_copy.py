@@ -23,7 +23,8 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 async def enqueue(store, key: str, contact: str, action: str = "update") -> int:
-    job_id, _ = await store.enqueue(key, 3600, "cly", action, contact, json.dumps({"email": contact, "key": key}))
+    payload = json.dumps({"email": contact, "key": key})
+    job_id, _ = await store.enqueue(key, 3600, "cly", action, contact, payload)
     return job_id
 
 
@@ -66,7 +67,8 @@ async def test_store_copy_moves_waiting_and_dead_jobs_in_order_with_their_state(
         assert (counts["queued"], counts["dead"], counts["done"], counts["running"]) == (3, 1, 0, 0)
         assert pg.instance_id == ids["instance"]  # request IDs sent to WordPress stay the same
         wb = await pg.get_job(ids["writing_back"])
-        assert wb["status"] == "queued" and wb["has_secret"] and json.loads(wb["stage"])["step"] == "write_back"
+        assert wb["status"] == "queued" and wb["has_secret"]
+        assert json.loads(wb["stage"])["step"] == "write_back"
         # A sender's retry of a delivery the old bridge took is still a duplicate.
         assert await pg.enqueue("wh:cly:evt-done", 3600, "cly", "update", "cly:email:done@x.org", "{}") == (
             ids["done"], True)
@@ -84,7 +86,8 @@ async def test_store_copy_moves_waiting_and_dead_jobs_in_order_with_their_state(
     assert [h["event"] for h in shown["history"]] == ["retry", "dead"]
     assert "invalid_json" in cli("rejected", "list", "-c", str(config)).stdout
     doctor = json.loads(cli("doctor", "--offline", "--json", "-c", str(config)).stdout)
-    found = {f["check"]: f for f in doctor["findings"]} if isinstance(doctor, dict) else {f["check"]: f for f in doctor}
+    findings = doctor["findings"] if isinstance(doctor, dict) else doctor
+    found = {f["check"]: f for f in findings}
     assert found["database.url"]["status"] == "ok" and found["dead jobs"]["status"] == "warning"
     assert "Generated-pw-77" not in out.stdout + out.stderr
 

@@ -228,12 +228,14 @@ def test_claiming_probes_the_index_of_due_heads_on_postgresql(pg_url):
     conn = pgdb.connect(pg_url)
     pgdb.migrate(conn)
     conn.raw.execute(
-        "INSERT INTO jobs (connection, action, contact_key, payload, status, run_at, head, created_at, updated_at)"
+        "INSERT INTO jobs (connection, action, contact_key, payload, status, run_at, head, created_at,"
+        " updated_at)"
         " SELECT 'c', 'update', 'k' || (n % 500), '{}', CASE WHEN n < 20000 THEN 'done' ELSE 'queued' END, n,"
         " CASE WHEN n >= 20000 AND n < 20050 THEN 1 ELSE 0 END, n, n FROM generate_series(0, 21999) AS n")
     conn.raw.execute("ANALYZE jobs")
-    sql = pgdb.translate("EXPLAIN SELECT * FROM jobs INDEXED BY jobs_due_heads WHERE head = 1 AND status = 'queued'"
-                         " AND run_at <= ? ORDER BY run_at, id LIMIT ? FOR UPDATE SKIP LOCKED")
+    sql = pgdb.translate("EXPLAIN SELECT * FROM jobs INDEXED BY jobs_due_heads WHERE head = 1"
+                         " AND status = 'queued' AND run_at <= ? ORDER BY run_at, id LIMIT ?"
+                         " FOR UPDATE SKIP LOCKED")
     plan = "\n".join(r[0] for r in conn.raw.execute(sql, (1e12, 8)).fetchall())
     conn.close()
     assert "jobs_due_heads" in plan and "Seq Scan" not in plan, plan

@@ -503,7 +503,8 @@ async def test_one_delivery_sent_to_two_bridges_at_once_is_one_job(pg_url):
     bridges = [PgJobStore.open(pg_url), PgJobStore.open(pg_url)]
     try:
         answers = await asyncio.gather(*(
-            bridges[n % 2].enqueue_contact("wh:c:evt-42", 3600, "c", "update", None, "d@x.org", "{}", False, False)
+            bridges[n % 2].enqueue_contact("wh:c:evt-42", 3600, "c", "update", None, "d@x.org", "{}",
+                                           False, False)
             for n in range(20)))
         job_ids = {job_id for job_id, _, _ in answers}
         assert len(job_ids) == 1 and sum(not dup for _, dup, _ in answers) == 1
