@@ -291,3 +291,54 @@ def test_an_uncaught_exception_ends_as_one_redacted_json_event():
     [event] = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
     assert event["event"] == "process.uncaught_exception" and "RuntimeError: failed with ***" in event["exception"]
     assert "uncaught-secret-1" not in result.stderr
+
+
+async def test_batch_upsert_errors_never_carry_the_passwords_of_the_batch():
+    """A site whose batch answers echo the passwords sent (an item's refusal quoting its arguments,
+    then the request refused as a whole): neither the per-item errors nor the request's error carry
+    any password of the batch. The control: the site did get them."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from bridge.clients.wordpress import RestWordPress, UpsertRequest
+    from bridge.errors import RemoteError
+    from bridge.settings import load_settings
+
+    others = "0ther-Batch-Pa55word"
+    seen: list[dict] = []
+    answers = ["items", "request"]
+
+    async def batch(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append(body)
+        passwords = [u.get("password") for u in body["users"]]
+        if answers.pop(0) == "items":
+            results = [{"outcome": "refused", "error": {"code": "wpsb_invalid_arg",
+                                                        "message": f"bad arguments {u}",
+                                                        "data": {"status": 400}}} for u in body["users"]]
+            return web.json_response({"results": results, "mode": "per_item"})
+        return web.json_response({"code": "wpsb_item_failed", "message": f"failed with {passwords}",
+                                  "data": {"status": 400}}, status=400)
+
+    app = web.Application()
+    app.router.add_post("/", batch)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    settings = load_settings(None, wordpress={"url": str(server.make_url("/")), "application_password": "x y z",
+                                               "username": "admin"}, worker={"http_attempts": 1})
+    wp = RestWordPress(settings)
+    requests = [UpsertRequest(email="a@example.com", password=PASSWORD, set_password=True),
+                UpsertRequest(email="b@example.com", password=others, set_password=True)]
+    try:
+        items = await wp.upsert_batch(requests)
+        with pytest.raises(Permanent) as whole:
+            await wp.upsert_batch(requests)
+    finally:
+        await wp.close()
+        await server.close()
+    assert all(PASSWORD in json.dumps(b) and others in json.dumps(b) for b in seen)  # the site got them
+    assert len(items) == 2 and all(isinstance(e, RemoteError) for e in items)
+    for error in (*items, whole.value):
+        text = f"{error} {error.message} {error.args} {error.code}"
+        assert PASSWORD not in text and others not in text, text
+        assert MASK in str(error)

@@ -8,12 +8,12 @@ the tests run the same suite against both.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
 
-from bridge.clients.http import basic_auth, read_response, redacting, retrying, send
+from bridge.clients.http import basic_auth, read_response, redact_error, redacting, retrying, send
 from bridge.errors import RemoteError, Transient
 from bridge.settings import Settings
 
@@ -49,8 +49,10 @@ class UpsertRequest:
     notify_email_change: bool = True
 
     def as_args(self) -> dict[str, Any]:
-        """The JSON/XML-RPC struct, without unset values (XML-RPC has no null)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The JSON/XML-RPC struct, without unset values (XML-RPC has no null). A shallow copy
+        (``meta`` and ``tags`` are shared, and only read): ``dataclasses.asdict`` deep-copies, which
+        was a tenth of the event loop's time per batched upsert."""
+        return {k: v for k, v in vars(self).items() if v is not None}
 
 
 @dataclass
@@ -91,9 +93,16 @@ def batch_limit(status: dict[str, Any]) -> int:
         return 0
 
 
-def read_batch(service: str, data: Any, sent: int) -> list[UpsertResult | RemoteError]:
+def batch_passwords(requests: list[UpsertRequest]) -> tuple[str | None, ...]:
+    """The passwords a batch carries: scrubbed from its errors, the request's and each item's."""
+    return tuple(r.password for r in requests)
+
+
+def read_batch(service: str, data: Any, sent: int,
+               redact: tuple[str | None, ...] = ()) -> list[UpsertResult | RemoteError]:
     """The per-item answers of a batch upsert, in the order sent: a result, or the typed error the
-    single upsert would have raised for that item (read by ``read_response``, as any answer)."""
+    single upsert would have raised for that item (read by ``read_response``, as any answer), with
+    ``redact`` (the batch's passwords) scrubbed from it."""
     items = data.get("results") if isinstance(data, dict) else None
     if not isinstance(items, list) or len(items) != sent:
         raise Transient(service, f"a batch of {sent} answered "
@@ -112,7 +121,7 @@ def read_batch(service: str, data: Any, sent: int) -> list[UpsertResult | Remote
             # a 2xx refusal: none known
             out.append(Transient(service, f"an item refused with status {status}"))
         except RemoteError as exc:
-            out.append(exc)
+            out.append(redact_error(exc, redact))
     return out
 
 
@@ -188,8 +197,10 @@ class RestWordPress:
     async def upsert_batch(self, requests: list[UpsertRequest]) -> list[UpsertResult | RemoteError]:
         """Upsert several users in one request (plugin feature ``upsert_batch``): per item a result
         or a typed error; raises for the request as a whole (credentials, transport)."""
-        data = await self._call("POST", "users/upsert-batch", json={"users": [r.as_args() for r in requests]})
-        return read_batch(self.service, data, len(requests))
+        redact = batch_passwords(requests)
+        data = await self._call("POST", "users/upsert-batch", redact=redact,
+                                json={"users": [r.as_args() for r in requests]})
+        return read_batch(self.service, data, len(requests), redact)
 
     async def delete(self, args: dict[str, Any]) -> dict[str, Any]:
         """Remove the user's roles or delete the user (``policy``); administrators are never touched."""

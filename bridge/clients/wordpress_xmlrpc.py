@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bridge.clients.http import redacting, retrying
-from bridge.clients.wordpress import UpsertRequest, UpsertResult, _roles, read_batch
+from bridge.clients.wordpress import UpsertRequest, UpsertResult, _roles, batch_passwords, read_batch
 from bridge.errors import AuthFailed, NotFound, Permanent, RateLimited, RemoteError, Transient
 from bridge.settings import Settings
 
@@ -169,8 +169,9 @@ class XmlRpcWordPress:
 
     async def upsert_batch(self, requests: list[UpsertRequest]) -> list[UpsertResult | RemoteError]:
         """Several upserts in one call (``wpsb.upsertUsers``); per item a result or a typed error."""
-        data = await self._call(_UpsertBatch({"users": [r.as_args() for r in requests]}))
-        return read_batch(SERVICE, data, len(requests))
+        redact = batch_passwords(requests)
+        data = await self._call(_UpsertBatch({"users": [r.as_args() for r in requests]}), redact=redact)
+        return read_batch(SERVICE, data, len(requests), redact)
 
     async def delete(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self._call(_Delete({k: v for k, v in args.items() if v is not None}))
