@@ -142,7 +142,7 @@ ok "up while running is quick ($((t1 - t0)) ms) and prints the same env"
 # --- REST basics --------------------------------------------------------------------------
 api GET /status
 expect "status code" "$CODE" 200
-expect "plugin_version" "$(j 'd["plugin_version"]' <<<"$BODY")" 2.2.0
+expect "plugin_version" "$(j 'd["plugin_version"]' <<<"$BODY")" 2.2.1
 expect "api_version" "$(j 'd["api_version"]' <<<"$BODY")" 2
 expect "caller is the administrator" "$(j 'd["caller"]["is_administrator"]' <<<"$BODY")" true
 expect "caller lacks nothing" "$(j 'd["caller"]["missing_capabilities"]' <<<"$BODY")" "[]"
@@ -387,7 +387,7 @@ ok "5 rounds of 20 concurrent upserts with distinct logins: one user per email"
 
 # --- XML-RPC ------------------------------------------------------------------------------
 out=$(xmlrpc wpsb.status '<struct></struct>')
-expect "xmlrpc status" "$(j 'd["plugin_version"]' <<<"$out")" 2.2.0
+expect "xmlrpc status" "$(j 'd["plugin_version"]' <<<"$out")" 2.2.1
 out=$(xmlrpc wpsb.status '<struct></struct>' wrong-password)
 expect "xmlrpc bad password" "$(j 'd["fault"]["code"]' <<<"$out")" 403
 out=$(WPSB_WP_USER=pat xmlrpc wpsb.status '<struct></struct>' "$PW2")

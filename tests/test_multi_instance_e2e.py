@@ -114,6 +114,7 @@ class Burst:
         self.servers = servers
         self.on_ack = on_ack
         self.acked: dict[tuple[int, int], tuple[int, int]] = {}  # (contact, seq) -> (status, job id)
+        self.acked_by: Counter = Counter()  # Server -> deliveries it acknowledged
         self.retries = 0
 
     async def _send(self, session: aiohttp.ClientSession, contact: int, seq: int) -> None:
@@ -130,6 +131,7 @@ class Burst:
                     answer = await resp.json()
                     if resp.status in (200, 202):
                         self.acked[(contact, seq)] = (resp.status, answer["job_id"])
+                        self.acked_by[server] += 1
                         self.on_ack(len(self.acked))
                         return
                     assert resp.status == 503, (resp.status, answer)
@@ -271,7 +273,10 @@ async def test_three_instances_one_killed_keep_every_delivery_once_in_order(
     assert max(done.values()) == 1, [j for j, n in done.items() if n > 1]
     ran_again = {j[0] for j in jobs if j[3] > 1}
     assert ran_again <= taken_over | retried, sorted(ran_again - taken_over - retried)
-    assert any(e.get("event") == "job.done" for e in events([restarted])), "the restarted one did no work"
+    # The restarted instance rejoins: it runs jobs, or (when its two peers happened to claim every
+    # job first, seen once in ~60 runs) at least its intake commits to the shared queue.
+    assert any(e.get("event") == "job.done" for e in events([restarted])) or burst.acked_by[restarted], \
+        "the restarted one did no work"
 
     # Every generated password went back to the CRM, one value per contact.
     patches: dict[str, set[str]] = defaultdict(set)

@@ -122,6 +122,45 @@ async def test_a_database_error_in_the_transaction_falls_back_to_one_item_at_a_t
             assert (await resp.json())["mode"] == "transaction"
 
 
+async def test_after_a_rollback_existing_users_are_read_again_not_from_the_rolled_back_cache(site, people):
+    """A database error while updating an existing user (as a deadlock between two batches does):
+    the queries the transaction's guard then refuses leave WordPress's caches holding what the
+    rolled-back writes put there, or nothing. The items that run again one by one must read the
+    user from the database: each change applied once, no meta key doubled, no write taken for done
+    because the rolled-back cache had it."""
+    auth = basic_auth(people["bridge"].login, people["bridge"].app_password)
+    url = site.url + "/?rest_route=/wp-sync-bridge/v1/users/upsert-batch"
+    first, second = new_email("rolled"), new_email("rolled")
+    async with aiohttp.ClientSession(headers={"Authorization": auth}) as session:
+        async def batch(users: list[dict]) -> dict:
+            async with session.post(url, json={"users": users}) as resp:
+                assert resp.status == 200, await resp.text()
+                return await resp.json()
+
+        made = await batch([{"email": e, "last_name": "Before", "meta": {"fault_probe": "ok", "city": "Oslo"}}
+                            for e in (first, second)])
+        assert [r["outcome"] for r in made["results"]] == ["created", "created"]
+        answer = await batch([
+            {"email": second, "last_name": "Second", "meta": {"city": "Rome"}},
+            # The error inside wp_update_user(): what it does next (its cache clean-up, then the
+            # re-read of the user) runs against refused queries.
+            {"email": first, "last_name": "db-error", "meta": {"city": "Paris"},
+             "contact_id": "rolled-1", "contact_id_key": CONTACT_KEY},
+        ])
+    assert answer["mode"] == "per_item"
+    assert [r["outcome"] for r in answer["results"]] == ["updated", "updated"]
+    for email, expected in ((first, {"last_name": "db-error", "fault_probe": "ok", "city": "Paris",
+                                     CONTACT_KEY: "rolled-1"}),
+                            (second, {"last_name": "Second", "fault_probe": "ok", "city": "Rome"})):
+        [user_id] = site.users_with_email(email)
+        rows = [line.split("\t", 1) for line in site.sql(
+            f"SELECT meta_key, meta_value FROM wp_usermeta WHERE user_id = {user_id} ORDER BY umeta_id")]
+        keys = [k for k, _ in rows]
+        assert sorted({k for k in keys if keys.count(k) > 1}) == [], f"meta rows doubled for {email}"
+        stored = dict(rows)
+        assert {k: stored.get(k) for k in expected} == expected, email
+
+
 async def test_a_batch_larger_than_the_stated_limit_is_refused_as_a_whole(site, people):
     """More users than status's batch.max_items: 400 wpsb_invalid_args, nothing created."""
     emails = [new_email("big") for _ in range(51)]

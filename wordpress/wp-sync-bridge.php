@@ -2,7 +2,7 @@
 /**
  * Plugin Name: WP Sync Bridge companion
  * Description: User find-or-create for the wp-sync-bridge daemon, over REST (wp-sync-bridge/v1) and XML-RPC (wpsb.*). Serialises account creation per email so concurrent webhooks never create duplicate users; never modifies a privileged user, never grants a privileged role, never touches protected meta.
- * Version: 2.2.0
+ * Version: 2.2.1
  * Requires at least: 6.0
  * Requires PHP: 7.4
  *
@@ -21,7 +21,7 @@
 
 defined( 'ABSPATH' ) || exit;
 
-define( 'WPSB_PLUGIN_VERSION', '2.2.0' );
+define( 'WPSB_PLUGIN_VERSION', '2.2.1' );
 // 2: privileged users skipped, protected meta and role grants refused (wordpress/SECURITY.md).
 define( 'WPSB_API_VERSION', 2 );
 define( 'WPSB_REST_NAMESPACE', 'wp-sync-bridge/v1' );
@@ -2538,10 +2538,7 @@ final class WPSB_Upsert_Batch {
 		if ( $this->db_failed() || false === $wpdb->query( 'COMMIT' ) || $this->db_failed() ) {
 			$wpdb->query( 'ROLLBACK' );
 			WPSB_Mail_Hold::discard();
-			foreach ( array_unique( $this->touched ) as $user_id ) {
-				clean_user_cache( $user_id );
-				wp_cache_delete( $user_id, 'user_meta' );
-			}
+			$this->forget_cached( $pending );
 			return null;
 		}
 		WPSB_Mail_Hold::send();
@@ -2549,6 +2546,40 @@ final class WPSB_Upsert_Batch {
 			wp_maybe_update_user_counts();
 		}
 		return $done;
+	}
+
+	/**
+	 * After a rollback, drop what WordPress's caches hold of every user the items may have read or
+	 * written, so that the items run again read them from the database. Not only the users the
+	 * finished items named: the item the error stopped had its writes undone too, and the queries
+	 * refused after the error (guard_query) made WordPress cache what they returned, nothing (a
+	 * user's meta cached as empty: the next writes would add every key again) or the undone
+	 * values (a write taken for done, lost). The users are found again by their items' own
+	 * lookups, now outside the transaction; the users the transaction created are gone, their
+	 * lookup keys are dropped with them.
+	 *
+	 * @param array $pending Position => parsed arguments.
+	 * @return void
+	 */
+	private function forget_cached( array $pending ) {
+		$ids = $this->touched;
+		foreach ( $pending as $a ) {
+			if ( null !== $a['contact_id'] && '' !== $a['contact_id'] && null !== $a['contact_id_key'] ) {
+				$ids[] = wpsb_find_user_id_by_meta( $a['contact_id_key'], $a['contact_id'] );
+			}
+			$ids[] = wpsb_find_user_id_by_email( $a['email'] );
+			$email = trim( (string) $a['email'] );
+			wp_cache_delete( $email, 'useremail' );
+			wp_cache_delete( wpsb_normalize_email( $email ), 'useremail' );
+			if ( null !== $a['login'] ) {
+				wp_cache_delete( $a['login'], 'userlogins' );
+			}
+		}
+		foreach ( array_unique( array_filter( array_map( 'intval', $ids ) ) ) as $user_id ) {
+			wp_cache_delete( $user_id, 'users' );
+			wp_cache_delete( $user_id, 'user_meta' );
+			clean_user_cache( $user_id ); // Read again from the database: its login, email and slug keys.
+		}
 	}
 
 	/**

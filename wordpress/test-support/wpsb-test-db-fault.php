@@ -1,7 +1,7 @@
 <?php
 /**
  * Plugin Name: WP Sync Bridge test database fault
- * Description: TEST SITES ONLY. Writing the user meta "fault_probe" with the value "db-error" runs a failing query, so tests can see what a batch upsert does after a database error inside its transaction; the option "wpsb_test_hide_features" hides the plugin's optional features from status, as an older plugin would.
+ * Description: TEST SITES ONLY. Writing any user meta (a core field such as last_name included) with the value "db-error" runs a failing query, so tests can see what a batch upsert does after a database error inside its transaction; the option "wpsb_test_hide_features" hides the plugin's optional features from status, as an older plugin would.
  * Version: 1.0.0
  *
  * Linked into the test site's wp-content/mu-plugins/ by tests/plugin_actors.py (link_fault_plugin).
@@ -12,7 +12,8 @@
 defined( 'ABSPATH' ) || exit;
 
 /**
- * added_user_meta / updated_user_meta: a query MariaDB refuses when the probe value is written.
+ * added_user_meta / updated_user_meta: a query MariaDB refuses when the probe value is written
+ * (under any key: fault_probe, or a field wp_update_user() writes, such as last_name).
  *
  * @param int    $meta_id  Meta ID.
  * @param int    $user_id  User ID.
@@ -22,7 +23,7 @@ defined( 'ABSPATH' ) || exit;
  */
 function wpsb_test_db_fault( $meta_id, $user_id, $meta_key, $value ) {
 	global $wpdb;
-	if ( 'fault_probe' === $meta_key && 'db-error' === $value ) {
+	if ( 'db-error' === $value ) {
 		$suppress = $wpdb->suppress_errors( true );
 		$wpdb->query( "SELECT wpsb_no_such_column FROM {$wpdb->users} LIMIT 1" ); // phpcs:ignore
 		$wpdb->suppress_errors( $suppress );
