@@ -43,6 +43,11 @@ STATUS_RETRY_S = 10.0
 # The longest a batch that is not full waits for another one in flight: a request that slow (a
 # lock wait, a retry) is not one whose answer is worth waiting for.
 PARTIAL_HOLD_MAX_S = 1.0
+# Upserts carrying a password in one request, at most: each costs WordPress a hash or a check of
+# it, which from WordPress 6.8 on is bcrypt (cost 10 ~65 ms here, cost 12 under PHP 8.4 ~300 ms:
+# ../shared/reference/wordpress-throughput.md). 10 of them keep a request near 3 s at worst, within
+# wordpress.timeout_s (15 s by default), however full the batch; the others go in the next one.
+PASSWORD_ITEMS_MAX = 10
 
 
 class UpsertBatcher:
@@ -163,9 +168,22 @@ class UpsertBatcher:
                 return
 
     def _take(self) -> list[tuple[UpsertRequest, asyncio.Future]]:
-        """The next batch, skipping upserts whose job gave up waiting (cancelled)."""
-        live = [(r, f) for r, f in self._pending if not f.done()]
-        batch, self._pending = live[: self.batch_size], live[self.batch_size:]
+        """The next batch, oldest first, skipping upserts whose job gave up waiting (cancelled);
+        at most PASSWORD_ITEMS_MAX of them carrying a password (the others wait for the next one:
+        each job is its contact's only one in flight, so no contact's order changes)."""
+        batch: list[tuple[UpsertRequest, asyncio.Future]] = []
+        rest: list[tuple[UpsertRequest, asyncio.Future]] = []
+        passwords = 0
+        for item in self._pending:
+            if item[1].done():
+                continue
+            heavy = item[0].password is not None
+            if len(batch) < self.batch_size and not (heavy and passwords >= PASSWORD_ITEMS_MAX):
+                batch.append(item)
+                passwords += heavy
+            else:
+                rest.append(item)
+        self._pending = rest
         return batch
 
     async def _send(self, batch: list[tuple[UpsertRequest, asyncio.Future]]) -> None:

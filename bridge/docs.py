@@ -76,8 +76,8 @@ DESCRIPTIONS: dict[str, str] = {
                           "jobs run "
                           "at once (a contact's jobs always run one at a time, in order).",
     "worker.batch_size": "Upserts of running jobs sent as one plugin batch request "
-                         "(plugin 2.1, at most its own "
-                         "limit); 1: one upsert per request.",
+                         "(plugin 2.1, at most its own limit, 50; at most 10 of them carrying a "
+                         "password); 1: one upsert per request.",
     "worker.batch_linger_s": "Longest wait of an upsert for running jobs still on their way to theirs; "
                              "a lone job never waits.",
     "worker.max_attempts": "Runs of a job before it goes to the dead-letter state.",

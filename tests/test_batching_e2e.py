@@ -12,6 +12,7 @@ import time
 import uuid
 
 import pytest
+from structlog.testing import capture_logs
 
 from bridge.batching import PARTIAL_HOLD_MAX_S, UpsertBatcher
 from bridge.clients.wordpress import UpsertRequest, make_wordpress
@@ -31,6 +32,13 @@ def generic_config(tmp_path, wp_stack, fake_crm, **worker):
             "contact_id_paths": ["contact.id"], "email_paths": ["contact.email"], "record_path": "contact",
             "fields": {"email": "user_email", "first_name": "first_name", "last_name": "last_name"},
             "meta_prefix": "shop"}}})
+
+
+def client_settings(wp_stack, url: str | None = None, **wordpress):
+    """Settings for a plugin client of the stack's WordPress (or of ``url`` in front of it), no retries."""
+    return load_settings(None, wordpress={"url": url or wp_stack["WPSB_WP_URL"], "username": wp_stack["WPSB_WP_USER"],
+                                          "application_password": wp_stack["WPSB_WP_APP_PASSWORD"], **wordpress},
+                         worker={"http_attempts": 1})
 
 
 def contact(tag: str, last_name: str = "One", email: str | None = None) -> dict:
@@ -125,10 +133,7 @@ async def test_a_batch_that_is_not_full_waits_while_another_one_is_in_flight(wp_
     that batch goes at once; the rest go together after PARTIAL_HOLD_MAX_S without an answer."""
     proxy = Switch(wp_stack["WPSB_WP_URL"])
     await proxy.start()
-    settings = load_settings(None, wordpress={"url": proxy.url, "username": wp_stack["WPSB_WP_USER"],
-                                              "application_password": wp_stack["WPSB_WP_APP_PASSWORD"]},
-                             worker={"http_attempts": 1})
-    wp = make_wordpress(settings)
+    wp = make_wordpress(client_settings(wp_stack, proxy.url))
     sizes: list[int] = []
     batcher = UpsertBatcher(lambda: wp, 5, 0.0, 4, on_batch=sizes.append)
     tag = f"nag-{uuid.uuid4().hex[:8]}"
@@ -167,3 +172,50 @@ async def test_a_batch_that_is_not_full_waits_while_another_one_is_in_flight(wp_
         await batcher.close()
         await wp.close()
         await proxy.stop()
+
+
+async def test_a_batch_carries_at_most_ten_upserts_with_a_password(wp_stack):
+    """Each password is a hash or a check inside WordPress (bcrypt from 6.8 on): 14 upserts with one
+    and 2 without, waiting together, go as 10 + 2 in the first request and the other 4 in the next;
+    every user is created once, with the password it was sent."""
+    wp = make_wordpress(client_settings(wp_stack))
+    sizes: list[int] = []
+    batcher = UpsertBatcher(lambda: wp, 25, 0.0, 4, on_batch=sizes.append)
+    tag = f"pw-{uuid.uuid4().hex[:8]}"
+    try:
+        assert (await batcher.upsert(UpsertRequest(email=f"{tag}-first@example.com"))).outcome == "created"
+        with_password = [UpsertRequest(email=f"{tag}-{i}@example.com", password=f"Pw-{tag}-{i}", set_password=True)
+                         for i in range(14)]
+        plain = [UpsertRequest(email=f"{tag}-plain-{i}@example.com") for i in range(2)]
+        results = await asyncio.gather(*(batcher.upsert(r) for r in (*with_password, *plain)))
+        assert sizes == [12, 4]
+        assert [r.outcome for r in results] == ["created"] * 16
+        probe = WordPressProbe(wp_stack)
+        assert all(probe.user_count(r.email) == 1 for r in (*with_password, *plain))
+        assert await probe.can_log_in(results[13].login, with_password[13].password)
+    finally:
+        await batcher.close()
+        await wp.close()
+
+
+@pytest.mark.parametrize("transport", ["rest", "xmlrpc"])
+async def test_a_batch_the_plugin_ran_item_by_item_is_logged(wp_stack, transport):
+    """A database error inside the batch's transaction (the fault plugin's failing query): every item
+    is still created, and the client says the batch ran one by one (``wordpress.batch_per_item``);
+    a batch that ran in its transaction says nothing."""
+    link_fault_plugin(Site(wp_stack))
+    wp = make_wordpress(client_settings(wp_stack, transport=transport))
+    tag = f"pi-{uuid.uuid4().hex[:8]}"
+    try:
+        with capture_logs() as events:
+            faulty = await wp.upsert_batch([UpsertRequest(email=f"{tag}-a@example.com"),
+                                            UpsertRequest(email=f"{tag}-b@example.com",
+                                                          meta={"fault_probe": "db-error"})])
+            quiet = len([e for e in events if e["event"] == "wordpress.batch_per_item"])
+            plain = await wp.upsert_batch([UpsertRequest(email=f"{tag}-c@example.com"),
+                                           UpsertRequest(email=f"{tag}-d@example.com")])
+    finally:
+        await wp.close()
+    assert [r.outcome for r in (*faulty, *plain)] == ["created"] * 4
+    logged = [e for e in events if e["event"] == "wordpress.batch_per_item"]
+    assert quiet == 1 and len(logged) == 1 and logged[0]["items"] == 2

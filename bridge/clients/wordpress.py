@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
+import structlog
 
 from bridge.clients.http import basic_auth, read_response, redact_error, redacting, retrying, send
 from bridge.errors import RemoteError, Transient
 from bridge.settings import Settings
 
+log = structlog.get_logger("bridge.wordpress")
 # 2: the plugin skips privileged users (outcome skipped_privileged) and refuses protected meta and
 # roles the caller cannot grant (wordpress/SECURITY.md); a bridge of this version needs that plugin.
 API_VERSION = 2
@@ -104,6 +106,12 @@ def read_batch(service: str, data: Any, sent: int,
     single upsert would have raised for that item (read by ``read_response``, as any answer), with
     ``redact`` (the batch's passwords) scrubbed from it."""
     items = data.get("results") if isinstance(data, dict) else None
+    if isinstance(data, dict) and data.get("mode") == "per_item":
+        # Every item was still applied (or refused) on its own; a site where this is frequent has
+        # batches waiting on each other's rows (deadlocks) or failing queries: worth knowing.
+        log.info("wordpress.batch_per_item", service=service, items=sent,
+                 reason="the plugin rolled the batch's transaction back (a database error such as a "
+                        "deadlock) and ran its items one by one")
     if not isinstance(items, list) or len(items) != sent:
         raise Transient(service, f"a batch of {sent} answered "
                                  f"{len(items) if isinstance(items, list) else 'no'} results")
