@@ -1,8 +1,8 @@
 """Where the time of ``bench/sync.py``'s bridge side goes, phase by phase (creates, changed and
 unchanged updates): the rate, when the last delivery was acknowledged (the intake's share of the
-phase), the mean batch size, and the CPU each process spent per user, read from /proc: the bridge
-process (its event loop also runs this benchmark's sender, as in ``bench/sync.py``), the database
-writer child, the ``php -S`` workers and MariaDB. First, what WordPress spends (PHP and MariaDB
+phase), the mean batch size, and the CPU each process spent per user, read from /proc: the sender
+(a process of its own, as in ``bench/sync.py``), the bridge process, the database writer child,
+the ``php -S`` workers and MariaDB. First, what WordPress spends (PHP and MariaDB
 CPU) on one batch request of 1, 4, 10, 25 and 50 unchanged users, one request at a time.
 
     python bench/profile_sync.py [--contacts 300] [--concurrency 4] [--rounds 2]
@@ -24,12 +24,11 @@ import time
 import uuid
 from pathlib import Path
 
-import aiohttp
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sync  # noqa: E402  (bench/sync.py: the same stack, settings and sender)
 
 from bridge.app import Bridge  # noqa: E402
+from bridge.cli_common import run_async  # noqa: E402
 from bridge.clients.wordpress import UpsertRequest, make_wordpress  # noqa: E402
 from bridge.logs import configure  # noqa: E402
 
@@ -83,41 +82,41 @@ async def wordpress_cost(env: dict[str, str], workdir: Path) -> None:
         await wp.close()
 
 
-async def profile(env: dict[str, str], n: int, concurrency: int, workdir: Path) -> None:
+async def profile(env: dict[str, str], n: int, concurrency: int, workdir: Path, sender: sync.Sender) -> None:
     """One bridge run through the three phases, printing a line per phase."""
     tag = uuid.uuid4().hex[:8]
     bridge = Bridge(sync.Bridged(env, concurrency, workdir).settings(tag))
     await bridge.start()
-    procs = {"bridge": [os.getpid()], "writer": [bridge.store.writer_pid], **stack_processes(env)}
+    procs = {"sender": [sender.pid], "bridge": [os.getpid()], "writer": [bridge.store.writer_pid],
+             **stack_processes(env)}
+    if sender.pid is None:  # in-process: the bridge's column is the sender's too
+        del procs["sender"]
     url = f"http://127.0.0.1:{bridge.port}/hooks/bench"
-    try:
-        async with aiohttp.ClientSession() as session:
-            async def send(action: str, last: str, i: int) -> None:
-                contact = {"email": f"prof-{tag}-{i}@example.com", "first_name": "Bench", "last_name": last}
-                body = {"contact": contact, "delivery_id": uuid.uuid4().hex}
-                params = {"wpf_action": action, "access_key": sync.KEY}
-                async with session.post(url, params=params, json=body) as resp:
-                    if resp.status != 202:
-                        raise RuntimeError(f"bridge answered {resp.status}: {await resp.text()}")
+    params = {"wpf_action": "", "access_key": sync.KEY}
 
-            phases = (("create", "add", lambda i: str(i)), ("changed", "update", lambda i: f"c-{i}"),
-                      ("unchanged", "update", lambda i: f"c-{i}"))
-            for phase, action, last in phases:
-                before = {name: sum(cpu_s(p) for p in pids) for name, pids in procs.items()}
-                batches0, items0 = batch_counters(bridge)
-                started = time.perf_counter()
-                await sync.gather_limited(n, concurrency, lambda i: send(action, last(i), i))
-                acked_s = time.perf_counter() - started
-                await sync.drained(bridge)
-                took_s = time.perf_counter() - started
-                used = {name: sum(cpu_s(p) for p in pids) - before[name] for name, pids in procs.items()}
-                batches, items = (a - b for a, b in zip(batch_counters(bridge), (batches0, items0)))
-                cpu = "  ".join(f"{name} {used[name] / n * 1000:5.2f}" for name in procs)
-                total_ms = sum(used.values()) / n * 1000
-                print(f"{phase:<9} {n / took_s:7.1f} users/s  "
-                      f"last ack at {acked_s / took_s:4.0%} of the phase  "
-                      f"batch {items / batches if batches else 0:4.1f} avg  CPU ms/user: {cpu}  "
-                      f"(all {total_ms:.2f}: {total_ms * n / took_s / 20:.0f}% of 2 cores)", flush=True)
+    def delivery(action: str, last: str, i: int) -> sync.Call:
+        contact = {"email": f"prof-{tag}-{i}@example.com", "first_name": "Bench", "last_name": last}
+        body = {"contact": contact, "delivery_id": uuid.uuid4().hex}
+        return "POST", url, {**params, "wpf_action": action}, body, {}, 202
+
+    try:
+        phases = (("create", "add", lambda i: str(i)), ("changed", "update", lambda i: f"c-{i}"),
+                  ("unchanged", "update", lambda i: f"c-{i}"))
+        for phase, action, last in phases:
+            before = {name: sum(cpu_s(p) for p in pids) for name, pids in procs.items()}
+            batches0, items0 = batch_counters(bridge)
+            calls = [delivery(action, last(i), i) for i in range(n)]
+            started, acked, _ = await sender.send(calls, concurrency)
+            await sync.drained(bridge)
+            took_s = time.monotonic() - started
+            used = {name: sum(cpu_s(p) for p in pids) - before[name] for name, pids in procs.items()}
+            batches, items = (a - b for a, b in zip(batch_counters(bridge), (batches0, items0)))
+            cpu = "  ".join(f"{name} {used[name] / n * 1000:5.2f}" for name in procs)
+            total_ms = sum(used.values()) / n * 1000
+            print(f"{phase:<9} {n / took_s:7.1f} users/s  "
+                  f"last ack at {(acked - started) / took_s:4.0%} of the phase  "
+                  f"batch {items / batches if batches else 0:4.1f} avg  CPU ms/user: {cpu}  "
+                  f"(all {total_ms:.2f}: {total_ms * n / took_s / 20:.0f}% of 2 cores)", flush=True)
     finally:
         await bridge.stop()
 
@@ -127,20 +126,22 @@ async def main() -> None:
     parser.add_argument("--contacts", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sender", choices=("process", "in-process"), default="process")
     args = parser.parse_args()
     configure("warning", "console")
     env, started_here = sync.stack_env()
     try:
         print(sync.wordpress_version(env), flush=True)
-        await sync.Direct(env, args.concurrency).warm_up()
-        with tempfile.TemporaryDirectory() as tmp:
-            await wordpress_cost(env, Path(tmp))
-            for _ in range(args.rounds):
-                await profile(env, args.contacts, args.concurrency, Path(tmp))
+        async with sync.Sender(args.sender == "in-process") as sender:
+            await sync.Direct(env, args.concurrency, sender).warm_up()
+            with tempfile.TemporaryDirectory() as tmp:
+                await wordpress_cost(env, Path(tmp))
+                for _ in range(args.rounds):
+                    await profile(env, args.contacts, args.concurrency, Path(tmp), sender)
     finally:
         if started_here:
             subprocess.run([str(sync.STACK), "down"], check=False, capture_output=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_async(main())  # as `serve` runs: on uvloop when installed

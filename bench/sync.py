@@ -3,16 +3,23 @@ same run, on the same WordPress, for creates, changed updates and unchanged upda
 latency from acknowledgement to user visible, at idle and under load.
 
     python bench/sync.py [--contacts 300] [--concurrency 4] [--rounds 3] [--idle 30]
+                         [--sender process|in-process]
 
 Starts the local WordPress stack (scripts/wordpress-stack; ``WPSB_WP_LINE`` chooses the WordPress
 line where the stack offers several) when none is running and stops it again afterwards.
+
+Both sides' requests come from one sender at the same concurrency. By default the sender is a
+process of its own (``--sender process``), as a CRM or a REST client is: it shares the machine's
+two cores but not the event loop of the bridge under test. ``--sender in-process`` runs it on the
+bridge's event loop instead, as this benchmark did until plugin 2.2 (figures in the README).
 
 Each round runs both sides, in alternating order, through three phases on users of its own:
 - creates: direct ``POST wp/v2/users``; the bridge gets ``add`` deliveries for new contacts;
 - changed updates: direct ``POST wp/v2/users/ID`` with a new last name; the bridge gets ``update``
   deliveries carrying it;
 - unchanged updates: the same again with the same values.
-A bridge rate runs from the first delivery sent to the last job done (every user written). The
+A bridge rate runs from the first delivery sent to the last job done (every user written); a
+direct rate from the first request sent to the last answer. The
 bridge's connection takes the contact from the delivery (no CRM fetch), so both sides do the same
 WordPress work. Latency is a job's ``updated_at - created_at`` in the bridge's own database: from
 the commit that acknowledged the delivery to the commit that recorded the plugin's answer (which
@@ -27,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import multiprocessing
 import statistics
 import subprocess
 import sys
@@ -42,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bridge.app import Bridge  # noqa: E402
+from bridge.cli_common import run_async  # noqa: E402
 from bridge.clients.http import basic_auth  # noqa: E402
 from bridge.logs import configure  # noqa: E402
 from bridge.settings import load_settings  # noqa: E402
@@ -75,6 +85,90 @@ async def gather_limited(n: int, concurrency: int, make: Callable[[int], Awaitab
     await asyncio.gather(*(runner() for _ in range(concurrency)))
 
 
+# A request the sender makes: (method, url, query, JSON body, headers, the status it must get).
+Call = tuple[str, str, dict[str, str], Any, dict[str, str], int]
+
+
+async def send_all(session: aiohttp.ClientSession, calls: list[Call], concurrency: int) -> list[Any]:
+    """Every call, at most ``concurrency`` in flight: their JSON answers, in order."""
+    answers: list[Any] = [None] * len(calls)
+
+    async def one(i: int) -> None:
+        method, url, params, body, headers, want = calls[i]
+        async with session.request(method, url, params=params, json=body, headers=headers) as resp:
+            text = await resp.text()
+            if resp.status != want:
+                raise RuntimeError(f"{url} answered {resp.status}, not {want}: {text[:300]}")
+            answers[i] = json.loads(text)
+
+    await gather_limited(len(calls), concurrency, one)
+    return answers
+
+
+def sender_main(conn: Any) -> None:
+    """The sender process: runs each list of calls it is sent, answers (started, ended, answers)
+    with monotonic times (one clock for every process on the machine), until it gets None."""
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        async with aiohttp.ClientSession() as session:
+            while (msg := await loop.run_in_executor(None, conn.recv)) is not None:
+                calls, concurrency = msg
+                started = time.monotonic()
+                try:
+                    answers = await send_all(session, calls, concurrency)
+                except Exception as exc:  # handed to the parent, which raises it
+                    conn.send(("error", f"{type(exc).__name__}: {exc}"))
+                    continue
+                conn.send(("ok", (started, time.monotonic(), answers)))
+
+    run_async(serve())
+
+
+class Sender:
+    """Sends lists of calls, in a process of its own or on this event loop (``in_process``)."""
+
+    def __init__(self, in_process: bool) -> None:
+        self.in_process = in_process
+        self._session: aiohttp.ClientSession | None = None
+        self._conn: Any = None
+        self._proc: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        """The sender process's PID (None in-process)."""
+        return self._proc.pid if self._proc is not None else None
+
+    async def __aenter__(self) -> "Sender":
+        if self.in_process:
+            self._session = aiohttp.ClientSession()
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            self._conn, child = ctx.Pipe()
+            self._proc = ctx.Process(target=sender_main, args=(child,), daemon=True)
+            self._proc.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._proc is not None:
+            self._conn.send(None)
+            self._proc.join(10)
+
+    async def send(self, calls: list[Call], concurrency: int) -> tuple[float, float, list[Any]]:
+        """(monotonic time of the first send, of the last answer, the answers in order)."""
+        if self._session is not None:
+            started = time.monotonic()
+            answers = await send_all(self._session, calls, concurrency)
+            return started, time.monotonic(), answers
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._conn.send, (calls, concurrency))
+        status, value = await loop.run_in_executor(None, self._conn.recv)
+        if status != "ok":
+            raise RuntimeError(value)
+        return value
+
+
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (nearest rank) of ``values``."""
     ordered = sorted(values)
@@ -84,40 +178,32 @@ def percentile(values: list[float], q: float) -> float:
 class Direct:
     """Core REST calls with an application password: creates, then updates of the same users."""
 
-    def __init__(self, env: dict[str, str], concurrency: int) -> None:
+    def __init__(self, env: dict[str, str], concurrency: int, sender: Sender) -> None:
         self.env = env
         self.concurrency = concurrency
-        self.base = env["WPSB_WP_URL"] + "/?rest_route=/wp/v2/users"
+        self.sender = sender
+        self.base = env["WPSB_WP_URL"] + "/"
+        self.headers = {"Authorization": basic_auth(env["WPSB_WP_USER"], env["WPSB_WP_APP_PASSWORD"])}
+
+    def call(self, route: str, body: dict[str, Any], want: int) -> Call:
+        return "POST", self.base, {"rest_route": route}, body, self.headers, want
 
     async def run(self, n: int) -> dict[str, float]:
         """Users per second for each phase, on ``n`` users made for this run."""
         tag = uuid.uuid4().hex[:8]
-        headers = {"Authorization": basic_auth(self.env["WPSB_WP_USER"], self.env["WPSB_WP_APP_PASSWORD"])}
-        ids: dict[int, int] = {}
+        creates = [self.call("/wp/v2/users", {
+            "username": f"direct-{tag}-{i}@example.com", "email": f"direct-{tag}-{i}@example.com",
+            "password": uuid.uuid4().hex, "first_name": "Bench", "last_name": str(i), "roles": ["subscriber"],
+        }, 201) for i in range(n)]
         rates: dict[str, float] = {}
-        async with aiohttp.ClientSession(headers=headers) as session:
-            async def call(url: str, body: dict[str, Any], want: int) -> dict[str, Any]:
-                async with session.post(url, json=body) as resp:
-                    if resp.status != want:
-                        raise RuntimeError(f"direct REST answered {resp.status}: {(await resp.text())[:300]}")
-                    return await resp.json()
-
-            async def create(i: int) -> None:
-                email = f"direct-{tag}-{i}@example.com"
-                body = {"username": email, "email": email, "password": uuid.uuid4().hex, "first_name": "Bench",
-                        "last_name": str(i), "roles": ["subscriber"]}
-                ids[i] = (await call(self.base, body, 201))["id"]
-
-            def update(last_name: Callable[[int], str]) -> Callable[[int], Awaitable[None]]:
-                async def one(i: int) -> None:
-                    await call(f"{self.base}/{ids[i]}", {"first_name": "Bench", "last_name": last_name(i)}, 200)
-                return one
-
-            for phase, make in (("create", create), ("changed", update(lambda i: f"changed-{i}")),
-                                ("unchanged", update(lambda i: f"changed-{i}"))):
-                started = time.perf_counter()
-                await gather_limited(n, self.concurrency, make)
-                rates[phase] = n / (time.perf_counter() - started)
+        started, ended, answers = await self.sender.send(creates, self.concurrency)
+        rates["create"] = n / (ended - started)
+        ids = [a["id"] for a in answers]
+        updates = [self.call(f"/wp/v2/users/{ids[i]}", {"first_name": "Bench", "last_name": f"changed-{i}"},
+                             200) for i in range(n)]
+        for phase in ("changed", "unchanged"):  # the same values twice: changed, then unchanged
+            started, ended, _ = await self.sender.send(updates, self.concurrency)
+            rates[phase] = n / (ended - started)
         return rates
 
     async def warm_up(self) -> None:
@@ -128,10 +214,12 @@ class Direct:
 class Bridged:
     """The bridge in this process, fed webhooks at the same concurrency."""
 
-    def __init__(self, env: dict[str, str], concurrency: int, workdir: Path, **worker: Any) -> None:
+    def __init__(self, env: dict[str, str], concurrency: int, workdir: Path, sender: Sender | None = None,
+                 **worker: Any) -> None:
         self.env = env
         self.concurrency = concurrency
         self.workdir = workdir
+        self.sender = sender
         self.worker = worker
 
     def settings(self, tag: str) -> Any:
@@ -154,54 +242,48 @@ class Bridged:
     async def run(self, n: int, idle: int) -> tuple[dict[str, float], dict[str, list[float]]]:
         """Users per second for each phase, and latencies (s): idle creates, creates under load.
         ``n`` 0: the idle latencies only."""
+        assert self.sender is not None
         tag = uuid.uuid4().hex[:8]
         bridge = Bridge(self.settings(tag))
         await bridge.start()
         url = f"http://127.0.0.1:{bridge.port}/hooks/bench"
         rates: dict[str, float] = {}
+
+        def delivery(action: str, contact: dict[str, str]) -> Call:
+            # A delivery ID of its own: the unchanged phase repeats the changed one's contact,
+            # which the intake would otherwise answer as a duplicate.
+            body = {"contact": contact, "delivery_id": uuid.uuid4().hex}
+            return "POST", url, {"wpf_action": action, "access_key": KEY}, body, {}, 202
+
+        def contact(i: int, last: str) -> dict[str, str]:
+            return {"email": f"bridge-{tag}-{i}@example.com", "first_name": "Bench", "last_name": last}
+
         try:
-            async with aiohttp.ClientSession() as session:
-                async def send(action: str, contact: dict[str, str]) -> int:
-                    params = {"wpf_action": action, "access_key": KEY}
-                    # A delivery ID of its own: the unchanged phase repeats the changed one's
-                    # contact, which the intake would otherwise answer as a duplicate.
-                    body = {"contact": contact, "delivery_id": uuid.uuid4().hex}
-                    async with session.post(url, params=params, json=body) as resp:
-                        if resp.status != 202:
-                            raise RuntimeError(f"bridge answered {resp.status}: {await resp.text()}")
-                        return (await resp.json())["job_id"]
-
-                def contact(i: int, last: str) -> dict[str, str]:
-                    return {"email": f"bridge-{tag}-{i}@example.com", "first_name": "Bench", "last_name": last}
-
-                phases = {
-                    "create": (("add", lambda i: contact(i, str(i))), "created"),
-                    "changed": (("update", lambda i: contact(i, f"changed-{i}")), "updated"),
-                    "unchanged": (("update", lambda i: contact(i, f"changed-{i}")), "unchanged"),
-                }
-                load_jobs: list[int] = []
-                for phase, ((action, body), expected) in (phases.items() if n else ()):
-                    job_ids: list[int] = []
-
-                    async def one(i: int, action=action, body=body, job_ids=job_ids) -> None:
-                        job_ids.append(await send(action, body(i)))
-
-                    started = time.perf_counter()
-                    await gather_limited(n, self.concurrency, one)
-                    await drained(bridge)
-                    rates[phase] = n / (time.perf_counter() - started)
-                    await check_outcomes(bridge, job_ids, expected)
-                    if phase == "create":
-                        load_jobs = job_ids
-                idle_jobs = []
-                for i in range(idle):
-                    job_id = await send("add", {"email": f"idle-{tag}-{i}@example.com", "first_name": "Idle"})
-                    await drained(bridge, poll_s=0.001)
-                    idle_jobs.append(job_id)
-                await check_outcomes(bridge, idle_jobs, "created")
-                latencies = {"idle": await job_latencies(bridge, idle_jobs),
-                             "load": await job_latencies(bridge, load_jobs)}
-                return rates, latencies
+            phases = {
+                "create": ("add", lambda i: contact(i, str(i)), "created"),
+                "changed": ("update", lambda i: contact(i, f"changed-{i}"), "updated"),
+                "unchanged": ("update", lambda i: contact(i, f"changed-{i}"), "unchanged"),
+            }
+            load_jobs: list[int] = []
+            for phase, (action, body, expected) in (phases.items() if n else ()):
+                started, _, answers = await self.sender.send([delivery(action, body(i)) for i in range(n)],
+                                                             self.concurrency)
+                await drained(bridge)
+                rates[phase] = n / (time.monotonic() - started)
+                job_ids = [a["job_id"] for a in answers]
+                await check_outcomes(bridge, job_ids, expected)
+                if phase == "create":
+                    load_jobs = job_ids
+            idle_jobs = []
+            for i in range(idle):
+                _, _, answers = await self.sender.send(
+                    [delivery("add", {"email": f"idle-{tag}-{i}@example.com", "first_name": "Idle"})], 1)
+                await drained(bridge, poll_s=0.001)
+                idle_jobs.append(answers[0]["job_id"])
+            await check_outcomes(bridge, idle_jobs, "created")
+            latencies = {"idle": await job_latencies(bridge, idle_jobs),
+                         "load": await job_latencies(bridge, load_jobs)}
+            return rates, latencies
         finally:
             await bridge.stop()
 
@@ -257,6 +339,9 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight, both sides (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, sides in alternating order (default 3)")
     parser.add_argument("--idle", type=int, default=30, help="deliveries one at a time per round (default 30)")
+    parser.add_argument("--sender", choices=("process", "in-process"), default="process",
+                        help="where the requests come from: a process of their own (default), or the "
+                             "bridge's event loop (this benchmark's method until plugin 2.2)")
     args = parser.parse_args()
     configure("warning", "console")
     env, started_here = stack_env()
@@ -264,30 +349,31 @@ async def main() -> None:
     bridge_rates: dict[str, list[float]] = {p: [] for p in PHASES}
     latencies: dict[str, list[float]] = {"idle": [], "load": [], "idle_single": []}
     try:
-        print(wordpress_version(env), flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            direct = Direct(env, args.concurrency)
-            bridged = Bridged(env, args.concurrency, Path(tmp))
-            # Today's path for the idle reference: one upsert per request (worker.batch_size = 1).
-            single = Bridged(env, args.concurrency, Path(tmp), batch_size=1)
-            await direct.warm_up()
-            for rnd in range(args.rounds):
-                # Alternate the order so neither side always runs on a warmer (or fuller) site.
-                for side in (("direct", "bridge") if rnd % 2 == 0 else ("bridge", "direct")):
-                    if side == "direct":
-                        rates = await direct.run(args.contacts)
-                        into = direct_rates
-                    else:
-                        rates, lat = await bridged.run(args.contacts, args.idle)
-                        into = bridge_rates
-                        for key, values in lat.items():
-                            latencies[key] += values
-                        latencies["idle_single"] += (await single.run(0, args.idle))[1]["idle"]
-                    for phase in PHASES:
-                        into[phase].append(rates[phase])
-                    shown = "  ".join(f"{p} {rates[p]:7.1f}/s" for p in PHASES)
-                    print(f"round {rnd + 1} {side:<6} {args.contacts} users at concurrency "
-                          f"{args.concurrency}: {shown}", flush=True)
+        print(f"{wordpress_version(env)}; sender: {args.sender}", flush=True)
+        async with Sender(args.sender == "in-process") as sender:
+            with tempfile.TemporaryDirectory() as tmp:
+                direct = Direct(env, args.concurrency, sender)
+                bridged = Bridged(env, args.concurrency, Path(tmp), sender)
+                # Today's path for the idle reference: one upsert per request (worker.batch_size = 1).
+                single = Bridged(env, args.concurrency, Path(tmp), sender, batch_size=1)
+                await direct.warm_up()
+                for rnd in range(args.rounds):
+                    # Alternate the order so neither side always runs on a warmer (or fuller) site.
+                    for side in (("direct", "bridge") if rnd % 2 == 0 else ("bridge", "direct")):
+                        if side == "direct":
+                            rates = await direct.run(args.contacts)
+                            into = direct_rates
+                        else:
+                            rates, lat = await bridged.run(args.contacts, args.idle)
+                            into = bridge_rates
+                            for key, values in lat.items():
+                                latencies[key] += values
+                            latencies["idle_single"] += (await single.run(0, args.idle))[1]["idle"]
+                        for phase in PHASES:
+                            into[phase].append(rates[phase])
+                        shown = "  ".join(f"{p} {rates[p]:7.1f}/s" for p in PHASES)
+                        print(f"round {rnd + 1} {side:<6} {args.contacts} users at concurrency "
+                              f"{args.concurrency}: {shown}", flush=True)
     finally:
         if started_here:
             subprocess.run([str(STACK), "down"], check=False, capture_output=True)
@@ -306,4 +392,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_async(main())  # as `serve` runs: on uvloop when installed
