@@ -17,7 +17,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
 from bridge.clients.wordpress import WordPress, make_wordpress
@@ -29,6 +29,7 @@ SETUP_PHP = ROOT / "wordpress" / "test-support" / "wpsb-test-setup.php"
 HIDDEN_ROLE_PLUGIN = ROOT / "wordpress" / "test-support" / "wpsb-test-hidden-role.php"
 FAULT_PLUGIN = ROOT / "wordpress" / "test-support" / "wpsb-test-db-fault.php"
 JOURNAL_PLUGIN = ROOT / "wordpress" / "test-support" / "wpsb-test-meta-journal.php"
+OWN_HASHER_PLUGIN = ROOT / "wordpress" / "test-support" / "wpsb-test-own-hasher.php"
 CONTACT_KEY = "customerly_contact_id"
 TAGS_KEY = "customerly_tags"
 BRIDGE_CAPS = {"read", "list_users", "create_users", "edit_users", "promote_users"}
@@ -162,6 +163,18 @@ def link_fault_plugin(site: Site) -> None:
     link = site.site_dir / "wp-content" / "mu-plugins" / FAULT_PLUGIN.name
     if not link.is_symlink():
         os.symlink(FAULT_PLUGIN, link)
+
+
+@contextlib.contextmanager
+def own_hasher(site: Site) -> Iterator[None]:
+    """wpsb-test-own-hasher.php linked into the test site while the block runs: wp_hash_password()
+    is a plugin's own (phpass "$P$D..." hashes) instead of core's."""
+    link = site.site_dir / "wp-content" / "mu-plugins" / OWN_HASHER_PLUGIN.name
+    os.symlink(OWN_HASHER_PLUGIN, link)
+    try:
+        yield
+    finally:
+        link.unlink()
 
 
 def link_journal_plugin(site: Site) -> None:

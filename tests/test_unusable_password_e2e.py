@@ -7,11 +7,13 @@ hashed as WordPress hashes any. A written-back password is still a real hash."""
 from __future__ import annotations
 
 import re
+import subprocess
 import uuid
 
 import pytest
 
 from tests.conftest import bridge_config, customerly_delivery, unique_email
+from tests.plugin_actors import Site, own_hasher
 from tests.wp import WordPressProbe
 
 pytestmark = pytest.mark.wordpress
@@ -25,6 +27,19 @@ def shop(tmp_path, wp_stack, fake_crm):
         "shop": {"crm": "generic", "fetch_contact": False, "connector": {
             "contact_id_paths": ["contact.email"], "email_paths": ["contact.email"], "record_path": "contact",
             "fields": {"email": "user_email", "first_name": "first_name"}, "meta_prefix": "shop"}}})
+
+
+# The phpass portable hash (2^10 rounds) of an empty password, to show phpass_accepts can say yes.
+EMPTY_HASH = "$P$DiIhWjUZkpHM5htJ8n5kvOMyqMQknl."
+
+
+def phpass_accepts(site: Site, password: str, stored: str) -> bool:
+    """Whether WordPress's phpass (the site's own class-phpass.php) verifies ``password`` against
+    ``stored``."""
+    code = "require $argv[1]; echo (new PasswordHash(8, true))->CheckPassword($argv[2], $argv[3]) ? 'yes' : 'no';"
+    out = subprocess.run(["php", "-r", code, "--", str(site.site_dir / "wp-includes" / "class-phpass.php"),
+                          password, stored], check=True, capture_output=True, text=True).stdout
+    return out == "yes"
 
 
 def reset_link(mail_log, email: str) -> str:
@@ -86,3 +101,27 @@ async def test_a_password_written_back_to_the_crm_is_hashed_and_logs_in(tmp_path
     wp = WordPressProbe(wp_stack)
     assert not wp.user_pass(job["outcome"]["user_id"]).startswith("*")
     assert await wp.can_log_in(job["outcome"]["login"], password)
+
+
+async def test_a_site_with_its_own_password_hasher_gets_a_random_password_hashed_by_it(
+        tmp_path, wp_stack, fake_crm, start_bridge, mail_log):
+    """A plugin replaced wp_hash_password() (pluggable): the companion cannot know that the site's
+    hasher would take an unusable value, so it hashes a random password nobody is told with the
+    site's own hasher instead (SECURITY.md §6): user_pass is that hasher's hash, not "*..."; nobody
+    logs in with an empty password; the welcome mail's link still sets one that does."""
+    b = await start_bridge(shop(tmp_path, wp_stack, fake_crm))
+    wp = WordPressProbe(wp_stack)
+    email = unique_email("ownhash")
+    with own_hasher(Site(wp_stack)):
+        outcome = await created(b, email, send_notification="true")
+        stored = wp.user_pass(outcome["user_id"])
+        assert stored.startswith("$P$D") and len(stored) == 34, stored  # phpass at 2^10: the site's own
+        # Not the hash of an empty password (the login form refuses an empty one before checking).
+        assert not phpass_accepts(Site(wp_stack), "", stored) and phpass_accepts(Site(wp_stack), "", EMPTY_HASH)
+        chosen = f"Chosen-{uuid.uuid4().hex}"
+        assert await wp.reset_password(reset_link(mail_log, email), chosen)
+        assert wp.user_pass(outcome["user_id"]).startswith("$P$D")  # set through the site's hasher too
+    assert await wp.can_log_in(outcome["login"], chosen)
+    # The control: without the replacement, the same call stores the unusable value.
+    other = await created(b, unique_email("ownhash"))
+    assert wp.user_pass(other["user_id"]).startswith("*")
