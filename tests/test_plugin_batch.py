@@ -161,6 +161,43 @@ async def test_after_a_rollback_existing_users_are_read_again_not_from_the_rolle
         assert {k: stored.get(k) for k in expected} == expected, email
 
 
+async def test_writing_a_contact_id_locks_only_its_own_users_rows_of_the_contact_index(site, people):
+    """Two batches deadlocked on the contact index (three bridges on one site): re-indexing a user's
+    contact ID deleted by (meta key, user), which walked the index's primary key over every
+    contact under that key and locked other users' rows. With another session holding one user's
+    index row, changing another user's contact ID must not wait for it."""
+    auth = basic_auth(people["bridge"].login, people["bridge"].app_password)
+    url = site.url + "/?rest_route=/wp-sync-bridge/v1/users/upsert-batch"
+    held, other = new_email("held"), new_email("other")
+    env = site.env
+    async with aiohttp.ClientSession(headers={"Authorization": auth}) as session:
+        async def batch(users: list[dict]) -> dict:
+            async with session.post(url, json={"users": users}) as resp:
+                assert resp.status == 200, await resp.text()
+                return await resp.json()
+
+        made = await batch([{"email": e, "contact_id": f"id-{e}", "contact_id_key": CONTACT_KEY} for e in (held, other)])
+        held_id = made["results"][0]["user_id"]
+        # Another transaction holds the held user's index row (as a batch writing it would).
+        holder = subprocess.Popen(
+            ["mariadb", "--no-defaults", f"--socket={env['WPSB_DB_SOCKET']}", "-u", env["WPSB_DB_USER"],
+             f"-p{env['WPSB_DB_PASSWORD']}", env["WPSB_DB_NAME"], "-e",
+             f"BEGIN; SELECT user_id FROM wp_wpsb_contacts WHERE meta_key = '{CONTACT_KEY}'"
+             f" AND contact_id = 'id-{held}' AND user_id = {held_id} FOR UPDATE; SELECT SLEEP(30); ROLLBACK;"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            await asyncio.sleep(1.0)  # the holder has its lock
+            assert holder.poll() is None
+            answer = await asyncio.wait_for(
+                batch([{"email": other, "contact_id": f"new-{other}", "contact_id_key": CONTACT_KEY}]), 20)
+        finally:
+            holder.kill()
+            holder.wait()
+    assert [r["outcome"] for r in answer["results"]] == ["updated"] and answer["mode"] == "transaction"
+    [other_id] = site.users_with_email(other)
+    assert site.sql(f"SELECT contact_id FROM wp_wpsb_contacts WHERE user_id = {other_id}") == [f"new-{other}"]
+
+
 async def test_a_batch_larger_than_the_stated_limit_is_refused_as_a_whole(site, people):
     """More users than status's batch.max_items: 400 wpsb_invalid_args, nothing created."""
     emails = [new_email("big") for _ in range(51)]

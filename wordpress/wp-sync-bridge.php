@@ -964,17 +964,25 @@ function wpsb_install_contact_index() {
 function wpsb_reindex_contact( $user_id, $key ) {
 	global $wpdb;
 	$table = wpsb_contacts_table();
-	$wpdb->delete(
-		$table,
-		array(
-			'meta_key' => $key, // phpcs:ignore WordPress.DB.SlowDBQuery.slow_db_query_meta_key
-			'user_id'  => $user_id,
-		)
-	);
+	$want  = array();
 	foreach ( get_user_meta( $user_id, $key, false ) as $value ) {
 		if ( is_scalar( $value ) && '' !== (string) $value && mb_strlen( (string) $value ) <= 191 ) {
-			$wpdb->query( $wpdb->prepare( "INSERT IGNORE INTO {$table} (meta_key, contact_id, user_id) VALUES (%s, %s, %d)", $key, (string) $value, $user_id ) ); // phpcs:ignore WordPress.DB.PreparedSQL.InterpolatedNotPrepared
+			$want[] = (string) $value;
 		}
+	}
+	// Read the user's rows (a plain read: no locks), then delete and add rows by their whole
+	// primary key. A DELETE by meta key and user walked the primary key (meta_key, contact_id,
+	// user_id) over every contact under the key, locking other users' rows: two batches writing
+	// contact IDs of different users deadlocked on it.
+	$have = array_map(
+		'strval',
+		$wpdb->get_col( $wpdb->prepare( "SELECT contact_id FROM {$table} WHERE user_id = %d AND meta_key = %s", $user_id, $key ) ) // phpcs:ignore WordPress.DB.PreparedSQL.InterpolatedNotPrepared
+	);
+	foreach ( array_diff( $have, $want ) as $gone ) {
+		$wpdb->query( $wpdb->prepare( "DELETE FROM {$table} WHERE meta_key = %s AND contact_id = %s AND user_id = %d", $key, $gone, $user_id ) ); // phpcs:ignore WordPress.DB.PreparedSQL.InterpolatedNotPrepared
+	}
+	foreach ( array_unique( array_diff( $want, $have ) ) as $value ) {
+		$wpdb->query( $wpdb->prepare( "INSERT IGNORE INTO {$table} (meta_key, contact_id, user_id) VALUES (%s, %s, %d)", $key, $value, $user_id ) ); // phpcs:ignore WordPress.DB.PreparedSQL.InterpolatedNotPrepared
 	}
 }
 
