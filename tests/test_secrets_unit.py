@@ -293,24 +293,59 @@ def test_an_uncaught_exception_ends_as_one_redacted_json_event():
     assert "uncaught-secret-1" not in result.stderr
 
 
+OTHER_PASSWORD = "0ther-Batch-Pa55word"
+
+
+async def batch_twice(app, transport: str) -> tuple[list, Exception]:
+    """Serve ``app`` as the site, send it the same batch of two upserts with passwords twice: the
+    first answer's per-item results, and the error the second raised."""
+    from aiohttp.test_utils import TestServer
+
+    from bridge.clients.wordpress import UpsertRequest, make_wordpress
+    from bridge.errors import RemoteError
+    from bridge.settings import load_settings
+
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    settings = load_settings(None, wordpress={"url": str(server.make_url("/")), "username": "admin",
+                                               "application_password": "x y z", "transport": transport},
+                             worker={"http_attempts": 1})
+    wp = make_wordpress(settings)
+    requests = [UpsertRequest(email="a@example.com", password=PASSWORD, set_password=True),
+                UpsertRequest(email="b@example.com", password=OTHER_PASSWORD, set_password=True)]
+    try:
+        items = await wp.upsert_batch(requests)
+        with pytest.raises(RemoteError) as whole:
+            await wp.upsert_batch(requests)
+    finally:
+        await wp.close()
+        await server.close()
+    return items, whole.value
+
+
+def assert_no_password(items: list, whole: Exception) -> None:
+    """Per-item errors and the request's error, each without any password of the batch."""
+    from bridge.errors import RemoteError
+
+    assert len(items) == 2 and all(isinstance(e, RemoteError) for e in items)
+    for error in (*items, whole):
+        text = f"{error} {error.message} {error.args} {error.code}"
+        assert PASSWORD not in text and OTHER_PASSWORD not in text, text
+        assert MASK in str(error)
+
+
 async def test_batch_upsert_errors_never_carry_the_passwords_of_the_batch():
     """A site whose batch answers echo the passwords sent (an item's refusal quoting its arguments,
     then the request refused as a whole): neither the per-item errors nor the request's error carry
     any password of the batch. The control: the site did get them."""
     from aiohttp import web
-    from aiohttp.test_utils import TestServer
 
-    from bridge.clients.wordpress import RestWordPress, UpsertRequest
-    from bridge.errors import RemoteError
-    from bridge.settings import load_settings
-
-    others = "0ther-Batch-Pa55word"
-    seen: list[dict] = []
+    seen: list[str] = []
     answers = ["items", "request"]
 
     async def batch(request: web.Request) -> web.Response:
         body = await request.json()
-        seen.append(body)
+        seen.append(json.dumps(body))
         passwords = [u.get("password") for u in body["users"]]
         if answers.pop(0) == "items":
             results = [{"outcome": "refused", "error": {"code": "wpsb_invalid_arg",
@@ -322,23 +357,40 @@ async def test_batch_upsert_errors_never_carry_the_passwords_of_the_batch():
 
     app = web.Application()
     app.router.add_post("/", batch)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    settings = load_settings(None, wordpress={"url": str(server.make_url("/")), "application_password": "x y z",
-                                               "username": "admin"}, worker={"http_attempts": 1})
-    wp = RestWordPress(settings)
-    requests = [UpsertRequest(email="a@example.com", password=PASSWORD, set_password=True),
-                UpsertRequest(email="b@example.com", password=others, set_password=True)]
-    try:
-        items = await wp.upsert_batch(requests)
-        with pytest.raises(Permanent) as whole:
-            await wp.upsert_batch(requests)
-    finally:
-        await wp.close()
-        await server.close()
-    assert all(PASSWORD in json.dumps(b) and others in json.dumps(b) for b in seen)  # the site got them
-    assert len(items) == 2 and all(isinstance(e, RemoteError) for e in items)
-    for error in (*items, whole.value):
-        text = f"{error} {error.message} {error.args} {error.code}"
-        assert PASSWORD not in text and others not in text, text
-        assert MASK in str(error)
+    items, whole = await batch_twice(app, "rest")
+    assert len(seen) == 2 and all(PASSWORD in b and OTHER_PASSWORD in b for b in seen)  # the site got them
+    assert isinstance(whole, Permanent)
+    assert_no_password(items, whole)
+
+
+async def test_batch_upsert_errors_over_xml_rpc_never_carry_the_passwords_of_the_batch():
+    """The same over XML-RPC (``wpsb.upsertUsers``): a site answering item refusals that quote the
+    arguments, then a fault quoting every password: no error carries any of them."""
+    import xmlrpc.client
+
+    from aiohttp import web
+
+    seen: list[str] = []
+    answers = ["items", "fault"]
+
+    async def xmlrpc_php(request: web.Request) -> web.Response:
+        params, method = xmlrpc.client.loads(await request.read())
+        if method == "mt.supportedMethods":  # python-wordpress-xmlrpc asks this first
+            body = xmlrpc.client.dumps((["wpsb.upsertUsers"],), methodresponse=True)
+            return web.Response(body=body.encode(), content_type="text/xml")
+        users = params[-1]["users"]
+        seen.append(repr(users))
+        if answers.pop(0) == "items":
+            results = [{"outcome": "refused", "error": {
+                "code": "wpsb_invalid_arg", "message": f"bad arguments {u}", "data": {"status": 400}}} for u in users]
+            body = xmlrpc.client.dumps(({"results": results, "mode": "per_item"},), methodresponse=True)
+        else:
+            passwords = [u.get("password") for u in users]
+            body = xmlrpc.client.dumps(xmlrpc.client.Fault(400, f"failed with {passwords}"))
+        return web.Response(body=body.encode(), content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_post("/xmlrpc.php", xmlrpc_php)
+    items, whole = await batch_twice(app, "xmlrpc")
+    assert len(seen) == 2 and all(PASSWORD in b and OTHER_PASSWORD in b for b in seen)  # the site got them
+    assert_no_password(items, whole)
