@@ -2,6 +2,7 @@
 dedupe, per-contact order, coalescing, leases, migrations. What only one store has (the writer
 process, the file lock) is tested on that store."""
 
+import asyncio
 import json
 import sqlite3
 
@@ -312,10 +313,18 @@ async def test_a_killed_postgresql_writer_connection_is_replaced_and_the_batch_r
         with psycopg.connect(pg_url, autocommit=True) as admin:
             for pid in pids:
                 admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        await put(store, "b", "add")
-        await put(store, "c", "add")
-        assert (await store.counts())["queued"] == 3
-        assert all(conn is None or conn.raw.info.backend_pid not in pids for conn in store._writer._conns)
+        # Each lane is a thread taking whatever call comes next: calls go two at a time until every
+        # lane has met its dead session and replaced it (a lane that got no call still holds it).
+        sent = 1
+
+        def replaced() -> bool:
+            return all(conn is None or conn.raw.info.backend_pid not in pids for conn in store._writer._conns)
+
+        while not replaced() and sent < 41:
+            await asyncio.gather(put(store, f"b{sent}", "add"), put(store, f"c{sent}", "add"))
+            sent += 2
+        assert replaced(), "a lane never got a call"
+        assert (await store.counts())["queued"] == sent
     finally:
         store.close()
 
