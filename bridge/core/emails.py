@@ -20,6 +20,7 @@ from bridge.errors import BadDelivery
 MAX_EMAIL_LENGTH = 100  # wp_users.user_email is VARCHAR(100)
 _LOCAL = re.compile(r"^[a-zA-Z0-9!#$%&'*+/=?^_`{|}~.-]+$")
 _LABEL = re.compile(r"^[a-zA-Z0-9-]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # one scan in C: a generator over the characters cost ~10 us
 # PHP's trim() default characters, which is_email() compares against.
 _PHP_TRIM = " \t\n\r\0\x0b"
 
@@ -42,7 +43,7 @@ def _ascii_domain(email: str, domain: str) -> str:
 def normalize_email(email: str) -> str:
     """The address WordPress will store (IDN domain in punycode); raises BadDelivery 422 naming
     the rule when WordPress's ``is_email()`` would refuse it."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in email):
+    if _CONTROL.search(email):
         raise _refuse(email, "it contains control characters")
     local, at, domain = email.partition("@")
     if not at or not local:
