@@ -36,9 +36,9 @@ def generic_config(tmp_path, wp_stack, fake_crm, **worker):
 
 def client_settings(wp_stack, url: str | None = None, **wordpress):
     """Settings for a plugin client of the stack's WordPress (or of ``url`` in front of it), no retries."""
-    return load_settings(None, wordpress={"url": url or wp_stack["WPSB_WP_URL"], "username": wp_stack["WPSB_WP_USER"],
-                                          "application_password": wp_stack["WPSB_WP_APP_PASSWORD"], **wordpress},
-                         worker={"http_attempts": 1})
+    wp = {"url": url or wp_stack["WPSB_WP_URL"], "username": wp_stack["WPSB_WP_USER"],
+          "application_password": wp_stack["WPSB_WP_APP_PASSWORD"], **wordpress}
+    return load_settings(None, wordpress=wp, worker={"http_attempts": 1})
 
 
 def contact(tag: str, last_name: str = "One", email: str | None = None) -> dict:
@@ -184,8 +184,8 @@ async def test_a_batch_carries_at_most_ten_upserts_with_a_password(wp_stack):
     tag = f"pw-{uuid.uuid4().hex[:8]}"
     try:
         assert (await batcher.upsert(UpsertRequest(email=f"{tag}-first@example.com"))).outcome == "created"
-        with_password = [UpsertRequest(email=f"{tag}-{i}@example.com", password=f"Pw-{tag}-{i}", set_password=True)
-                         for i in range(14)]
+        with_password = [UpsertRequest(email=f"{tag}-{i}@example.com", password=f"Pw-{tag}-{i}",
+                                       set_password=True) for i in range(14)]
         plain = [UpsertRequest(email=f"{tag}-plain-{i}@example.com") for i in range(2)]
         results = await asyncio.gather(*(batcher.upsert(r) for r in (*with_password, *plain)))
         assert sizes == [12, 4]

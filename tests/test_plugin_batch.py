@@ -176,14 +176,16 @@ async def test_writing_a_contact_id_locks_only_its_own_users_rows_of_the_contact
                 assert resp.status == 200, await resp.text()
                 return await resp.json()
 
-        made = await batch([{"email": e, "contact_id": f"id-{e}", "contact_id_key": CONTACT_KEY} for e in (held, other)])
+        made = await batch([{"email": e, "contact_id": f"id-{e}", "contact_id_key": CONTACT_KEY}
+                            for e in (held, other)])
         held_id = made["results"][0]["user_id"]
         # Another transaction holds the held user's index row (as a batch writing it would).
         holder = subprocess.Popen(
             ["mariadb", "--no-defaults", f"--socket={env['WPSB_DB_SOCKET']}", "-u", env["WPSB_DB_USER"],
              f"-p{env['WPSB_DB_PASSWORD']}", env["WPSB_DB_NAME"], "-e",
              f"BEGIN; SELECT user_id FROM wp_wpsb_contacts WHERE meta_key = '{CONTACT_KEY}'"
-             f" AND contact_id = 'id-{held}' AND user_id = {held_id} FOR UPDATE; SELECT SLEEP(30); ROLLBACK;"],
+             f" AND contact_id = 'id-{held}' AND user_id = {held_id} FOR UPDATE;"
+             " SELECT SLEEP(30); ROLLBACK;"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             await asyncio.sleep(1.0)  # the holder has its lock

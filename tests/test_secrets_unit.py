@@ -381,8 +381,9 @@ async def test_batch_upsert_errors_over_xml_rpc_never_carry_the_passwords_of_the
         users = params[-1]["users"]
         seen.append(repr(users))
         if answers.pop(0) == "items":
-            results = [{"outcome": "refused", "error": {
-                "code": "wpsb_invalid_arg", "message": f"bad arguments {u}", "data": {"status": 400}}} for u in users]
+            results = [{"outcome": "refused", "error": {"code": "wpsb_invalid_arg",
+                                                        "message": f"bad arguments {u}",
+                                                        "data": {"status": 400}}} for u in users]
             body = xmlrpc.client.dumps(({"results": results, "mode": "per_item"},), methodresponse=True)
         else:
             passwords = [u.get("password") for u in users]

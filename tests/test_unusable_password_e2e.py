@@ -36,7 +36,8 @@ EMPTY_HASH = "$P$DiIhWjUZkpHM5htJ8n5kvOMyqMQknl."
 def phpass_accepts(site: Site, password: str, stored: str) -> bool:
     """Whether WordPress's phpass (the site's own class-phpass.php) verifies ``password`` against
     ``stored``."""
-    code = "require $argv[1]; echo (new PasswordHash(8, true))->CheckPassword($argv[2], $argv[3]) ? 'yes' : 'no';"
+    code = ("require $argv[1];"
+            " echo (new PasswordHash(8, true))->CheckPassword($argv[2], $argv[3]) ? 'yes' : 'no';")
     out = subprocess.run(["php", "-r", code, "--", str(site.site_dir / "wp-includes" / "class-phpass.php"),
                           password, stored], check=True, capture_output=True, text=True).stdout
     return out == "yes"
@@ -112,12 +113,13 @@ async def test_a_site_with_its_own_password_hasher_gets_a_random_password_hashed
     b = await start_bridge(shop(tmp_path, wp_stack, fake_crm))
     wp = WordPressProbe(wp_stack)
     email = unique_email("ownhash")
-    with own_hasher(Site(wp_stack)):
+    site = Site(wp_stack)
+    with own_hasher(site):
         outcome = await created(b, email, send_notification="true")
         stored = wp.user_pass(outcome["user_id"])
         assert stored.startswith("$P$D") and len(stored) == 34, stored  # phpass at 2^10: the site's own
         # Not the hash of an empty password (the login form refuses an empty one before checking).
-        assert not phpass_accepts(Site(wp_stack), "", stored) and phpass_accepts(Site(wp_stack), "", EMPTY_HASH)
+        assert not phpass_accepts(site, "", stored) and phpass_accepts(site, "", EMPTY_HASH)
         chosen = f"Chosen-{uuid.uuid4().hex}"
         assert await wp.reset_password(reset_link(mail_log, email), chosen)
         assert wp.user_pass(outcome["user_id"]).startswith("$P$D")  # set through the site's hasher too
