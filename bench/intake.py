@@ -158,12 +158,9 @@ async def _run_load(host: str, port: int, path: str, connections: int, prefix: s
 
 def load_process(conn: Any, *args: Any) -> None:
     """Child process entry: run the load (on uvloop when installed: the loader must not be the limit)."""
-    try:
-        import uvloop
-        result = uvloop.run(_run_load(*args))
-    except ImportError:
-        result = asyncio.run(_run_load(*args))
-    conn.send(result)
+    from bridge.cli_common import run_async  # the parent's sys.path, handed over by spawn
+
+    conn.send(run_async(_run_load(*args)))
     conn.close()
 
 

@@ -87,10 +87,9 @@ async def profile(env: dict[str, str], n: int, concurrency: int, workdir: Path, 
     tag = uuid.uuid4().hex[:8]
     bridge = Bridge(sync.Bridged(env, concurrency, workdir).settings(tag))
     await bridge.start()
-    procs = {"sender": [sender.pid], "bridge": [os.getpid()], "writer": [bridge.store.writer_pid],
-             **stack_processes(env)}
-    if sender.pid is None:  # in-process: the bridge's column is the sender's too
-        del procs["sender"]
+    # In-process, the bridge's column is the sender's too.
+    procs = {**({"sender": [sender.pid]} if sender.pid is not None else {}), "bridge": [os.getpid()],
+             "writer": [bridge.store.writer_pid], **stack_processes(env)}
     url = f"http://127.0.0.1:{bridge.port}/hooks/bench"
     params = {"wpf_action": "", "access_key": sync.KEY}
 

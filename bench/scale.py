@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bridge.cli_common import run_async  # noqa: E402
 from intake import _Connection, _Load, make_body  # noqa: E402,F401 - the load generator, shared
 
 KEY = "bench-access-key-1"
@@ -103,12 +104,7 @@ async def _run_load(ports: list[int], connections: int, prefix: str, warmup_s: f
 
 def load_process(conn: Any, *args: Any) -> None:
     """Child process entry: the load on uvloop when installed (the loader must not be the limit)."""
-    try:
-        import uvloop
-        result = uvloop.run(_run_load(*args))
-    except ImportError:
-        result = asyncio.run(_run_load(*args))
-    conn.send(result)
+    conn.send(run_async(_run_load(*args)))
     conn.close()
 
 
