@@ -5,7 +5,7 @@ phase), the mean batch size, and the CPU each process spent per user, read from 
 the ``php -S`` workers and MariaDB. First, what WordPress spends (PHP and MariaDB
 CPU) on one batch request of 1, 4, 10, 25 and 50 unchanged users, one request at a time.
 
-    python bench/profile_sync.py [--contacts 300] [--concurrency 4] [--rounds 2]
+    python bench/profile_sync.py [--contacts 300] [--concurrency 4] [--rounds 2] [--client lean|aiohttp]
 
 On a 2-core machine the sum of the CPU columns times the rate, against 2,000 ms per second, says
 whether the phase was CPU-bound. The intake alone at the same concurrency is measured by
@@ -126,12 +126,13 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sender", choices=("process", "in-process"), default="process")
+    parser.add_argument("--client", choices=("lean", "aiohttp"), default="lean")
     args = parser.parse_args()
     configure("warning", "console")
     env, started_here = sync.stack_env()
     try:
         print(sync.wordpress_version(env), flush=True)
-        async with sync.Sender(args.sender == "in-process") as sender:
+        async with sync.Sender(args.sender == "in-process", args.client) as sender:
             await sync.Direct(env, args.concurrency, sender).warm_up()
             with tempfile.TemporaryDirectory() as tmp:
                 await wordpress_cost(env, Path(tmp))
