@@ -71,6 +71,7 @@ class UpsertBatcher:
         self._pending: list[tuple[UpsertRequest, asyncio.Future]] = []
         self._arrived = asyncio.Event()  # an upsert arrived or a request came back
         self._partial_in_flight = 0  # requests in flight whose batch was not full
+        self._in_flight = 0
         self._limit: int | None = None
         self._limit_at = 0.0
         self._status_failed_at: float | None = None
@@ -78,6 +79,11 @@ class UpsertBatcher:
         self._tasks = TaskGroup()
         self._flushing = False
         self.submitted = 0  # upserts handed to a request (pending or in flight), for waiting_jobs
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return self._in_flight
 
     @property
     def batch_size(self) -> int:
@@ -190,6 +196,7 @@ class UpsertBatcher:
         """One request; each future gets its item's result or error (all the request's error)."""
         partial = len(batch) < self.batch_size
         self._partial_in_flight += partial
+        self._in_flight += 1
         try:
             if len(batch) == 1:
                 outcomes: list = [await _settle(self._wordpress().upsert(batch[0][0]))]
@@ -206,6 +213,7 @@ class UpsertBatcher:
                     future.set_result(outcome)
         finally:
             self._partial_in_flight -= partial
+            self._in_flight -= 1
             self._arrived.set()
             self._slots.release()
 

@@ -80,6 +80,8 @@ DESCRIPTIONS: dict[str, str] = {
                          "password); 1: one upsert per request.",
     "worker.batch_linger_s": "Longest wait of an upsert for running jobs still on their way to theirs; "
                              "a lone job never waits.",
+    "worker.claim_interval_s": "While a WordPress request is in flight, the queue is claimed from at most "
+                               "this often (each claim is a commit); with none in flight, at once.",
     "worker.max_attempts": "Runs of a job before it goes to the dead-letter state.",
     "worker.lease_s": "A running job not renewed within this time is taken back into the queue.",
     "worker.poll_interval_s": "How often the queue is looked at when no delivery wakes it.",

@@ -143,6 +143,11 @@ class Worker:
                 self._jobs.spawn(self._run(job), f"job.{job.id}")
         # Every finished job and every new delivery sets the event; the poll catches run_at.
         await _wait(self._wake, self.cfg.poll_interval_s)
+        if self.cfg.claim_interval_s and self.batcher.in_flight:
+            # A job claimed now would wait for the request in flight anyway (bridge.batching's
+            # Nagle rule); claiming a few at a time, one commit each, only costs the writer and
+            # the loop what the intake needs (bench/sync.py, README). A wake-up meanwhile stays set.
+            await _wait(self._stopping, self.cfg.claim_interval_s)
 
     def _pause(self, error: str) -> None:
         """A job found WordPress unreachable: stop claiming (waiting jobs keep their attempts and

@@ -174,6 +174,56 @@ async def test_a_batch_that_is_not_full_waits_while_another_one_is_in_flight(wp_
         await proxy.stop()
 
 
+async def test_claims_wait_while_a_request_is_in_flight(tmp_path, wp_stack, fake_crm, start_bridge):
+    """worker.claim_interval_s: with no WordPress request in flight a delivery is claimed at once;
+    while one is (its answer held by a proxy), deliveries arriving are not claimed one commit each
+    but together once the interval has passed; every job is then done, each user made once."""
+    proxy = Switch(wp_stack["WPSB_WP_URL"])
+    await proxy.start()
+    config = generic_config(tmp_path, wp_stack, fake_crm, concurrency=4, claim_interval_s=0.6)
+    config["wordpress"] = {**config["wordpress"], "url": proxy.url}
+    b = await start_bridge(config)
+    claims: list[tuple[float, int]] = []
+    real_claim = b.bridge.store.claim
+
+    async def counted(limit: int, *args, **kwargs):
+        jobs = await real_claim(limit, *args, **kwargs)
+        claims.append((time.monotonic(), len(jobs)))
+        return jobs
+
+    b.bridge.store.claim = counted
+    tag = f"cl-{uuid.uuid4().hex[:8]}"
+
+    async def requests_reach(n: int) -> None:
+        async with asyncio.timeout(10):
+            while proxy.requests < n:
+                await asyncio.sleep(0.005)
+
+    try:
+        _, warm = await b.send(contact(f"{tag}-w"), path="/hooks/shop", wpf_action="add")
+        await b.wait_job(warm["job_id"])  # the plugin's batch limit is known from here on
+        proxy.hold()
+        sent, started = proxy.requests, time.monotonic()
+        _, lone = await b.send(contact(f"{tag}-a"), path="/hooks/shop", wpf_action="add")
+        await requests_reach(sent + 1)
+        assert time.monotonic() - started < 0.5  # nothing was in flight: claimed and sent at once
+        before = len([c for c in claims if c[1]])
+        burst = []
+        for i in range(6):  # while that request is held: six deliveries, 40 ms apart
+            burst.append((await b.send(contact(f"{tag}-b{i}"), path="/hooks/shop", wpf_action="add"))[1])
+            await asyncio.sleep(0.04)
+        claimed_during = len([c for c in claims if c[1]]) - before
+        assert claimed_during <= 1, claims  # one claim per delivery without the interval
+        proxy.release()
+        jobs = [await b.wait_job(a["job_id"]) for a in (lone, *burst)]
+        assert [j["outcome"]["outcome"] for j in jobs] == ["created"] * 7, [j["last_error"] for j in jobs]
+        probe = WordPressProbe(wp_stack)
+        assert all(probe.user_count(f"{tag}-{s}@example.com") == 1 for s in ["a", *(f"b{i}" for i in range(6))])
+    finally:
+        proxy.release()
+        await proxy.stop()
+
+
 async def test_a_batch_carries_at_most_ten_upserts_with_a_password(wp_stack):
     """Each password is a hash or a check inside WordPress (bcrypt from 6.8 on): 14 upserts with one
     and 2 without, waiting together, go as 10 + 2 in the first request and the other 4 in the next;
