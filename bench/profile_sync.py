@@ -105,9 +105,9 @@ async def profile(env: dict[str, str], n: int, concurrency: int, workdir: Path, 
             before = {name: sum(cpu_s(p) for p in pids) for name, pids in procs.items()}
             batches0, items0 = batch_counters(bridge)
             calls = [delivery(action, last(i), i) for i in range(n)]
+            recorded0 = sync.runs_recorded(bridge)
             started, acked, _ = await sender.send(calls, concurrency)
-            await sync.drained(bridge)
-            took_s = time.monotonic() - started
+            took_s = await sync.recorded(bridge, recorded0, n) - started
             used = {name: sum(cpu_s(p) for p in pids) - before[name] for name, pids in procs.items()}
             batches, items = (a - b for a, b in zip(batch_counters(bridge), (batches0, items0)))
             cpu = "  ".join(f"{name} {used[name] / n * 1000:5.2f}" for name in procs)
