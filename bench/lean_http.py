@@ -52,13 +52,18 @@ class Connection:
         self.host, self.port = host, port
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._answered = 0  # requests answered on the open connection
 
     async def request(self, head: bytes, body: bytes) -> tuple[int, bytes]:
-        """(status, body) of one request; a connection the server closed before answering is
-        reopened once (an idle keep-alive connection may be closed at any time)."""
+        """(status, body) of one request. Sent again, once, on a new connection only when a kept-alive
+        connection that had answered before closes without a byte of answer (a server may close
+        an idle connection at any time); on a new connection that is an error, as a request
+        that may have been taken must not be sent twice."""
         for attempt in (1, 2):
             if self._writer is None:
                 self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+                self._answered = 0
+            reused = self._answered > 0
             self._writer.write(head + body)
             response = _Response()
             parser = response.parser = httptools.HttpResponseParser(response)
@@ -74,9 +79,10 @@ class Connection:
                     parser.feed_data(data)
             except (ConnectionError, httptools.HttpParserError):
                 self.close()
-                if attempt == 2 or response.headers:
+                if attempt == 2 or not reused or response.headers:
                     raise
                 continue
+            self._answered += 1
             if not response.keep_alive:
                 self.close()
             return parser.get_status_code(), bytes(response.body)

@@ -113,9 +113,13 @@ async def test_an_unexpected_status_names_the_url_and_the_answer() -> None:
             await lean_http.send_all(calls(server.port, 2), 1)
 
 
-async def test_a_server_that_hangs_up_without_answering_is_an_error() -> None:
+async def test_a_new_connection_hung_up_without_an_answer_is_an_error_not_a_resend() -> None:
+    received = 0
+
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
         await reader.readuntil(b"\r\n\r\n")
+        received += 1
         writer.close()
 
     server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
@@ -126,3 +130,15 @@ async def test_a_server_that_hangs_up_without_answering_is_an_error() -> None:
     finally:
         server.close()
         await server.wait_closed()
+    assert received == 1  # the POST may have been taken: never sent twice
+
+
+async def test_a_kept_alive_connection_closed_while_idle_is_reopened_once() -> None:
+    """The server answers one request per connection but says keep-alive, as a server closing
+    idle connections does: each later request finds its connection closed, goes again on a new
+    one, and every body arrives once."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{\"ok\": true}"
+    async with RawServer(answer, close=True) as server:
+        answers = await lean_http.send_all(calls(server.port, 5), 1)
+    assert answers == [{"ok": True}] * 5
+    assert sorted(server.bodies) == sorted(b'{"i":%d}' % i for i in range(5))
