@@ -94,7 +94,8 @@ class Connection:
         self._reader = self._writer = None
 
 
-def encode(method: str, url: str, params: dict[str, str], body: Any, headers: dict[str, str]) -> tuple[bytes, bytes]:
+def encode(method: str, url: str, params: dict[str, str], body: Any,
+           headers: dict[str, str]) -> tuple[bytes, bytes]:
     """(request line and headers, JSON body) of one call."""
     parts = urlsplit(url)
     data = orjson.dumps(body)

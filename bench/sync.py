@@ -307,7 +307,8 @@ def runs_recorded(bridge: Bridge) -> float:
                if sample.name.endswith("_total"))
 
 
-async def recorded(bridge: Bridge, before: float, n: int, poll_s: float = 0.001, limit_s: float = 600) -> float:
+async def recorded(bridge: Bridge, before: float, n: int, poll_s: float = 0.001,
+                   limit_s: float = 600) -> float:
     """The monotonic time at which ``n`` more job runs than ``before`` were recorded, once nothing is
     queued or running either (``drained``). It watches a counter the worker bumps right after each
     result's commit rather than counting the queue every few ms: those reads would share the

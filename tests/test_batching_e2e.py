@@ -218,7 +218,8 @@ async def test_claims_wait_while_a_request_is_in_flight(tmp_path, wp_stack, fake
         jobs = [await b.wait_job(a["job_id"]) for a in (lone, *burst)]
         assert [j["outcome"]["outcome"] for j in jobs] == ["created"] * 7, [j["last_error"] for j in jobs]
         probe = WordPressProbe(wp_stack)
-        assert all(probe.user_count(f"{tag}-{s}@example.com") == 1 for s in ["a", *(f"b{i}" for i in range(6))])
+        made = [probe.user_count(f"{tag}-{s}@example.com") for s in ["a", *(f"b{i}" for i in range(6))]]
+        assert made == [1] * 7
     finally:
         proxy.release()
         await proxy.stop()

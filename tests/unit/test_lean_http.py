@@ -53,8 +53,8 @@ class RawServer:
 
 
 def calls(port: int, n: int, want: int = 200) -> list[tuple]:
-    return [("POST", f"http://127.0.0.1:{port}/hooks/x", {"wpf_action": "add", "n": str(i)}, {"i": i}, {}, want)
-            for i in range(n)]
+    url = f"http://127.0.0.1:{port}/hooks/x"
+    return [("POST", url, {"wpf_action": "add", "n": str(i)}, {"i": i}, {}, want) for i in range(n)]
 
 
 async def test_keeps_connections_alive_and_answers_in_order() -> None:
