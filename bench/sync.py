@@ -112,6 +112,14 @@ async def send_all(session: aiohttp.ClientSession, calls: list[Call], concurrenc
     return answers
 
 
+def send_with(client: str, session: aiohttp.ClientSession, calls: list[Call], concurrency: int
+              ) -> Awaitable[list[Any]]:
+    """``send_all`` through the ``client`` named: lean (``bench/lean_http.py``) or aiohttp's."""
+    if client == "lean":
+        return lean_http.send_all(calls, concurrency)
+    return send_all(session, calls, concurrency)
+
+
 def sender_main(conn: Any, client: str = "lean") -> None:
     """The sender process: runs each list of calls it is sent, answers (started, ended, answers)
     with monotonic times (one clock for every process on the machine), until it gets None.
@@ -123,8 +131,7 @@ def sender_main(conn: Any, client: str = "lean") -> None:
                 calls, concurrency = msg
                 started = time.monotonic()
                 try:
-                    answers = await (lean_http.send_all(calls, concurrency) if client == "lean"
-                                     else send_all(session, calls, concurrency))
+                    answers = await send_with(client, session, calls, concurrency)
                 except Exception as exc:  # handed to the parent, which raises it
                     conn.send(("error", f"{type(exc).__name__}: {exc}"))
                     continue
@@ -170,8 +177,7 @@ class Sender:
         """(monotonic time of the first send, of the last answer, the answers in order)."""
         if self._session is not None:
             started = time.monotonic()
-            answers = await (lean_http.send_all(calls, concurrency) if self.client == "lean"
-                             else send_all(self._session, calls, concurrency))
+            answers = await send_with(self.client, self._session, calls, concurrency)
             return started, time.monotonic(), answers
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._conn.send, (calls, concurrency))
