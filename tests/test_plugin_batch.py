@@ -210,14 +210,20 @@ async def test_a_batch_larger_than_the_stated_limit_is_refused_as_a_whole(site, 
     assert not any(site.users_with_email(e) for e in emails[:3])
 
 
-def test_a_create_reads_the_users_meta_at_most_once(site):
-    """Meta, tags and the contact ID are written without re-reading the user's whole meta per key
-    (each update_user_meta clears the cache): one read per created user, none per update."""
+@pytest.fixture(scope="module")
+def query_counts(site):
+    """``wpsb-query-count.php`` on the test site: queries (and meta reads) per user, by phase."""
     port = str(urlsplit(site.url).port)
     out = subprocess.run(["php", "-d", "display_errors=stderr", str(QUERY_COUNT_PHP), str(site.site_dir), port, "5"],
                          capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
-    counts = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+def test_a_create_reads_the_users_meta_at_most_once(site, query_counts):
+    """Meta, tags and the contact ID are written without re-reading the user's whole meta per key
+    (each update_user_meta clears the cache): one read per created user, none per update."""
+    counts = query_counts
     # WordPress 6.8's own user code loads a user's meta up to twice more per write (core, not the
     # plugin); a re-read per key written, as before, would be one per key (6+ here).
     core_reads = 2 if site.env.get("WPSB_WP_LINE", "6.1") != "6.1" else 0
@@ -226,3 +232,13 @@ def test_a_create_reads_the_users_meta_at_most_once(site):
     for phase in ("single_changed", "batch_changed", "single_unchanged", "batch_unchanged"):
         assert counts[phase]["meta_reads_per_user"] <= core_reads, counts
     assert counts["batch_create"]["queries_per_user"] < 50, counts
+
+
+def test_a_user_found_is_read_by_the_query_that_finds_it(query_counts):
+    """A user not in WordPress's cache (as every user is at the start of a request) costs its
+    lookup and, where the cache lost them, its meta: the row comes with the lookup, not in a
+    query of its own (before: one more query per user)."""
+    counts = query_counts
+    for mode in ("single", "batch"):
+        cold, warm = counts[f"{mode}_unchanged_cold"], counts[f"{mode}_unchanged"]
+        assert cold["queries_per_user"] <= warm["queries_per_user"] + cold["meta_reads_per_user"], counts

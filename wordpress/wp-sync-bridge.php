@@ -2,7 +2,7 @@
 /**
  * Plugin Name: WP Sync Bridge companion
  * Description: User find-or-create for the wp-sync-bridge daemon, over REST (wp-sync-bridge/v1) and XML-RPC (wpsb.*). Serialises account creation per email so concurrent webhooks never create duplicate users; never modifies a privileged user, never grants a privileged role, never touches protected meta.
- * Version: 2.2.1
+ * Version: 2.2.2
  * Requires at least: 6.0
  * Requires PHP: 7.4
  *
@@ -21,7 +21,7 @@
 
 defined( 'ABSPATH' ) || exit;
 
-define( 'WPSB_PLUGIN_VERSION', '2.2.1' );
+define( 'WPSB_PLUGIN_VERSION', '2.2.2' );
 // 2: privileged users skipped, protected meta and role grants refused (wordpress/SECURITY.md).
 define( 'WPSB_API_VERSION', 2 );
 define( 'WPSB_REST_NAMESPACE', 'wp-sync-bridge/v1' );
@@ -850,19 +850,30 @@ function wpsb_normalize_email( $email ) {
  */
 function wpsb_find_user_id_by_email( $email ) {
 	global $wpdb;
+	$sql = wpsb_user_id_by_email_sql( $email );
+	return null === $sql ? 0 : (int) $wpdb->get_var( $sql ); // phpcs:ignore WordPress.DB.PreparedSQL.NotPrepared
+}
+
+/**
+ * The query behind wpsb_find_user_id_by_email(): one row, MIN(ID), NULL when none.
+ *
+ * @param string $email Email address.
+ * @return string|null Prepared SQL; null for an empty email.
+ */
+function wpsb_user_id_by_email_sql( $email ) {
+	global $wpdb;
 	$email = trim( $email );
 	if ( '' === $email ) {
-		return 0;
+		return null;
 	}
 	// The first condition uses the user_email index (case-insensitive collation); the second
 	// makes the match exact apart from case.
-	$sql = $wpdb->prepare(
+	return $wpdb->prepare(
 		// MIN() rather than ORDER BY ID LIMIT 1, which can make MariaDB walk the primary key.
 		"SELECT MIN(ID) FROM {$wpdb->users} WHERE user_email = %s AND BINARY LOWER(user_email) = BINARY LOWER(%s)",
 		$email,
 		$email
 	);
-	return (int) $wpdb->get_var( $sql ); // phpcs:ignore WordPress.DB.PreparedSQL.NotPrepared
 }
 
 /**
@@ -874,23 +885,57 @@ function wpsb_find_user_id_by_email( $email ) {
  */
 function wpsb_find_user_id_by_meta( $key, $value ) {
 	global $wpdb;
+	return (int) $wpdb->get_var( wpsb_user_id_by_meta_sql( $key, $value ) ); // phpcs:ignore WordPress.DB.PreparedSQL.NotPrepared
+}
+
+/**
+ * The query behind wpsb_find_user_id_by_meta(): one row, MIN(user_id), NULL when none.
+ *
+ * @param string $key   Meta key.
+ * @param string $value Contact ID.
+ * @return string Prepared SQL.
+ */
+function wpsb_user_id_by_meta_sql( $key, $value ) {
+	global $wpdb;
 	if ( wpsb_contact_index_ready() && wpsb_is_contact_key( $key ) && mb_strlen( $value ) <= 191 ) {
 		$table = wpsb_contacts_table();
-		$sql   = $wpdb->prepare(
+		return $wpdb->prepare(
 			"SELECT MIN(c.user_id) FROM {$table} c JOIN {$wpdb->users} u ON u.ID = c.user_id WHERE c.meta_key = %s AND c.contact_id = %s",
 			$key,
 			$value
 		);
-		return (int) $wpdb->get_var( $sql ); // phpcs:ignore WordPress.DB.PreparedSQL.NotPrepared
 	}
-	$sql = $wpdb->prepare(
+	return $wpdb->prepare(
 		// MIN() rather than ORDER BY ... LIMIT 1: with ORDER BY, MariaDB walks the user_id index
 		// over the whole usermeta table on a miss; MIN() keeps it on the meta_key index.
 		"SELECT MIN(m.user_id) FROM {$wpdb->usermeta} m JOIN {$wpdb->users} u ON u.ID = m.user_id WHERE m.meta_key = %s AND m.meta_value = BINARY %s",
 		$key,
 		$value
 	);
-	return (int) $wpdb->get_var( $sql ); // phpcs:ignore WordPress.DB.PreparedSQL.NotPrepared
+}
+
+/**
+ * The user the lookup query finds (a query of one row holding one user ID, or NULL), read in
+ * the same query: the row get_userdata() would read next is cached the way it caches it
+ * (update_user_caches(), which keeps an entry already cached), so a found user costs one
+ * query fewer, read at the same moment.
+ *
+ * @param string|null $id_sql Prepared lookup query (null: nobody).
+ * @return WP_User|null
+ */
+function wpsb_user_found_by( $id_sql ) {
+	global $wpdb;
+	if ( null === $id_sql ) {
+		return null;
+	}
+	// The scalar subquery runs once; the row is then read by its primary key.
+	$row = $wpdb->get_row( "SELECT * FROM {$wpdb->users} WHERE ID = ({$id_sql})" ); // phpcs:ignore WordPress.DB.PreparedSQL.NotPrepared
+	if ( ! $row ) {
+		return null;
+	}
+	update_user_caches( $row );
+	$user = get_userdata( (int) $row->ID );
+	return $user ? $user : null;
 }
 
 /*
@@ -1029,19 +1074,19 @@ add_action( 'deleted_user', 'wpsb_forget_contacts' );
  */
 function wpsb_find_user( $email, $contact_id, $contact_id_key ) {
 	if ( null !== $contact_id && '' !== $contact_id && null !== $contact_id_key ) {
-		$id = wpsb_find_user_id_by_meta( $contact_id_key, $contact_id );
-		if ( $id ) {
+		$user = wpsb_user_found_by( wpsb_user_id_by_meta_sql( $contact_id_key, $contact_id ) );
+		if ( $user ) {
 			return array(
-				'user'       => get_userdata( $id ),
+				'user'       => $user,
 				'matched_by' => 'contact_id',
 			);
 		}
 	}
 	if ( null !== $email ) {
-		$id = wpsb_find_user_id_by_email( $email );
-		if ( $id ) {
+		$user = wpsb_user_found_by( wpsb_user_id_by_email_sql( $email ) );
+		if ( $user ) {
 			return array(
-				'user'       => get_userdata( $id ),
+				'user'       => $user,
 				'matched_by' => 'email',
 			);
 		}

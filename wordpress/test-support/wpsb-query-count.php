@@ -8,7 +8,10 @@
  * MU_PLUGIN_DIR loads the must-use plugins from another folder (e.g. an older copy of the plugin,
  * to compare). Prints one JSON object: for each of single_create, single_changed,
  * single_unchanged, batch_create, batch_changed, batch_unchanged (N users each): queries per user,
- * and meta_reads per user (queries reading all of a user's meta, update_meta_cache()).
+ * and meta_reads per user (queries reading all of a user's meta, update_meta_cache()). The
+ * *_unchanged_cold phases repeat the unchanged one with the users dropped from WordPress's cache
+ * first, as a request finds them (the object cache lives for one request unless the site has a
+ * persistent one).
  *
  * @package wp-sync-bridge
  */
@@ -79,9 +82,10 @@ function wpsb_qc_count( callable $fn ) {
 
 $out     = array( 'plugin_version' => WPSB_PLUGIN_VERSION );
 $phases  = array(
-	'create'    => 'one',
-	'changed'   => 'two',
-	'unchanged' => 'two',
+	'create'         => 'one',
+	'changed'        => 'two',
+	'unchanged'      => 'two',
+	'unchanged_cold' => 'two',
 );
 $batched = function_exists( 'wpsb_op_upsert_users' );
 foreach ( array( 'single', 'batch' ) as $mode ) {
@@ -93,13 +97,23 @@ foreach ( array( 'single', 'batch' ) as $mode ) {
 		for ( $i = 0; $i < $n; $i++ ) {
 			$items[] = wpsb_qc_args( $mode, $i, $last );
 		}
+		if ( 'unchanged_cold' === $phase ) {
+			foreach ( $items as $item ) {
+				clean_user_cache( get_user_by( 'email', $item['email'] ) );
+			}
+		}
 		$count = wpsb_qc_count(
 			static function () use ( $mode, $items, $phase ) {
 				$results = 'batch' === $mode
 					? wpsb_op_upsert_users( array( 'users' => $items ) )['results']
 					: array_map( 'wpsb_op_upsert_user', $items );
 				foreach ( $results as $r ) {
-					$want = array( 'create' => 'created', 'changed' => 'updated', 'unchanged' => 'unchanged' )[ $phase ];
+					$want = array(
+						'create'         => 'created',
+						'changed'        => 'updated',
+						'unchanged'      => 'unchanged',
+						'unchanged_cold' => 'unchanged',
+					)[ $phase ];
 					if ( is_wp_error( $r ) || $r['outcome'] !== $want ) {
 						fwrite( STDERR, "unexpected result: " . wp_json_encode( is_wp_error( $r ) ? $r->get_error_message() : $r ) . "\n" );
 						exit( 1 );
