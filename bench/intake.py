@@ -1,6 +1,7 @@
 """Durable intake benchmark: the bridge's webhook intake against a bare aiohttp handler, same run.
 
     python bench/intake.py [--duration-s 5] [--connections 32] [--rounds 5] [--uvloop]
+                           [--busy N [--busy-nice K]]
 
 In ONE process and on the same event loop implementation, two servers on 127.0.0.1:
   bare    an aiohttp handler that reads the body and answers 202 without storing anything;
@@ -17,6 +18,12 @@ alternate bare/bridge ROUNDS times and the medians are reported. The last line i
 
 At the end the bridge's database must hold exactly as many jobs as 202 answers were counted, so
 the rate measured is durable intake, not just answers.
+
+``--busy N`` runs N processes that only spin, at nice K (``--busy-nice``, default 0), each in a
+session of its own, beside both servers for the whole run: the machine's cores taken by something
+else, as a co-located WordPress and its database take them. A delivery's answer waits for four
+wake-ups in turn (the load generator, the event loop, the writer process, the event loop again),
+each of them for a core.
 """
 
 from __future__ import annotations
@@ -49,7 +56,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="alternating bare/bridge rounds (default 5; the medians are reported: single rounds move by +-0.04 on a shared VM)")
     p.add_argument("--uvloop", action="store_true", help="serve both on uvloop instead of the standard loop")
     p.add_argument("--log-level", default="info", help="the bridge's log level (default info, as serve)")
+    p.add_argument("--busy", type=int, default=0, help="spinning processes beside the servers (default 0)")
+    p.add_argument("--busy-nice", type=int, default=0, help="their nice value (default 0: the servers' own)")
     return p.parse_args(argv)
+
+
+def spin(nice: int) -> None:
+    """A process that only takes CPU (``--busy``), at ``nice``, in a session of its own, as the
+    stack's PHP and MariaDB run (with the kernel's autogroups each session shares the cores as one
+    group: the nice value is set for the group too)."""
+    os.setsid()
+    os.nice(nice)
+    try:
+        Path("/proc/self/autogroup").write_text(str(nice))
+    except OSError:  # no autogroups here: the process's own nice is all there is
+        pass
+    while True:
+        pass
 
 
 # --- the load generator (runs in its own process) ------------------------------------------------
@@ -267,7 +290,12 @@ async def main(args: argparse.Namespace) -> float:
     sys.path.insert(0, str(ROOT))
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
     print(f"intake benchmark: {args.connections} connections, {args.warmup_s:g} s warm-up + {args.duration_s:g} s "
-          f"per run, {args.rounds} round(s), loop={loop_name}, pid {os.getpid()}", flush=True)
+          f"per run, {args.rounds} round(s), loop={loop_name}, pid {os.getpid()}"
+          + (f", {args.busy} busy process(es) at nice {args.busy_nice}" if args.busy else ""), flush=True)
+    ctx = multiprocessing.get_context("spawn")
+    spinners = [ctx.Process(target=spin, args=(args.busy_nice,), daemon=True) for _ in range(args.busy)]
+    for proc in spinners:
+        proc.start()
     tmp = tempfile.TemporaryDirectory(prefix="wpsb-bench-")
     hole = black_hole()
     log_stream = open(os.devnull, "w")
@@ -289,6 +317,9 @@ async def main(args: argparse.Namespace) -> float:
         writer = bridge.store._writer
         batches, calls = writer.batches, writer.calls
     finally:
+        for proc in spinners:
+            proc.terminate()
+            proc.join(5)
         await bridge.stop()
         await bare_runner.cleanup()
         hole.close()
