@@ -11,6 +11,9 @@ set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STACK="$REPO_DIR/scripts/wordpress-stack"
+# The version the plugin file declares: what its status must report, over REST and XML-RPC.
+PLUGIN_VERSION=$(sed -n "s/^define( 'WPSB_PLUGIN_VERSION', '\(.*\)' );$/\1/p" "$REPO_DIR/wordpress/wp-sync-bridge.php")
+[ -n "$PLUGIN_VERSION" ] || { echo "no WPSB_PLUGIN_VERSION in wordpress/wp-sync-bridge.php" >&2; exit 1; }
 TMP_DIR=$(mktemp -d /tmp/wpsb-smoke.XXXXXX)
 chmod 755 "$TMP_DIR" # mariadbd runs as mysql and must reach its data directory
 export WPSB_STACK_DIR="$TMP_DIR/stack"
@@ -142,7 +145,7 @@ ok "up while running is quick ($((t1 - t0)) ms) and prints the same env"
 # --- REST basics --------------------------------------------------------------------------
 api GET /status
 expect "status code" "$CODE" 200
-expect "plugin_version" "$(j 'd["plugin_version"]' <<<"$BODY")" 2.2.1
+expect "plugin_version" "$(j 'd["plugin_version"]' <<<"$BODY")" "$PLUGIN_VERSION"
 expect "api_version" "$(j 'd["api_version"]' <<<"$BODY")" 2
 expect "caller is the administrator" "$(j 'd["caller"]["is_administrator"]' <<<"$BODY")" true
 expect "caller lacks nothing" "$(j 'd["caller"]["missing_capabilities"]' <<<"$BODY")" "[]"
@@ -387,7 +390,7 @@ ok "5 rounds of 20 concurrent upserts with distinct logins: one user per email"
 
 # --- XML-RPC ------------------------------------------------------------------------------
 out=$(xmlrpc wpsb.status '<struct></struct>')
-expect "xmlrpc status" "$(j 'd["plugin_version"]' <<<"$out")" 2.2.1
+expect "xmlrpc status" "$(j 'd["plugin_version"]' <<<"$out")" "$PLUGIN_VERSION"
 out=$(xmlrpc wpsb.status '<struct></struct>' wrong-password)
 expect "xmlrpc bad password" "$(j 'd["fault"]["code"]' <<<"$out")" 403
 out=$(WPSB_WP_USER=pat xmlrpc wpsb.status '<struct></struct>' "$PW2")
