@@ -292,10 +292,6 @@ async def main(args: argparse.Namespace) -> float:
     print(f"intake benchmark: {args.connections} connections, {args.warmup_s:g} s warm-up + {args.duration_s:g} s "
           f"per run, {args.rounds} round(s), loop={loop_name}, pid {os.getpid()}"
           + (f", {args.busy} busy process(es) at nice {args.busy_nice}" if args.busy else ""), flush=True)
-    ctx = multiprocessing.get_context("spawn")
-    spinners = [ctx.Process(target=spin, args=(args.busy_nice,), daemon=True) for _ in range(args.busy)]
-    for proc in spinners:
-        proc.start()
     tmp = tempfile.TemporaryDirectory(prefix="wpsb-bench-")
     hole = black_hole()
     log_stream = open(os.devnull, "w")
@@ -304,7 +300,11 @@ async def main(args: argparse.Namespace) -> float:
     bridge = await start_bridge(db_path, hole.getsockname()[1], args.log_level, log_stream)
     results: dict[str, list[dict[str, Any]]] = {"bare": [], "bridge": []}
     bridge_202 = 0
+    ctx = multiprocessing.get_context("spawn")
+    spinners = [ctx.Process(target=spin, args=(args.busy_nice,), daemon=True) for _ in range(args.busy)]
     try:
+        for proc in spinners:
+            proc.start()
         path = f"/?wpf_action=add&access_key={KEY}"
         for rnd in range(1, args.rounds + 1):
             for kind, port in (("bare", bare_port), ("bridge", bridge.port)):
