@@ -200,6 +200,73 @@ async def test_writing_a_contact_id_locks_only_its_own_users_rows_of_the_contact
     assert site.sql(f"SELECT contact_id FROM wp_wpsb_contacts WHERE user_id = {other_id}") == [f"new-{other}"]
 
 
+async def test_a_batch_holds_the_users_it_found_until_it_commits(site, people):
+    """The batch reads the users it will find up front (plugin 2.3: one lookup for all items, the
+    rows and meta read FOR UPDATE), so what its security checks read cannot change before its
+    COMMIT: a promotion of a user the batch found, tried while a later item of the same batch is
+    still running, waits for the batch (here: times out after 1 s), and goes through after it."""
+    auth = basic_auth(people["bridge"].login, people["bridge"].app_password)
+    url = site.url + "/?rest_route=/wp-sync-bridge/v1/users/upsert-batch"
+    found, slow = new_email("found"), new_email("slow")
+    env = site.env
+    async with aiohttp.ClientSession(headers={"Authorization": auth}) as session:
+        async def batch(users: list[dict]) -> dict:
+            async with session.post(url, json={"users": users}) as resp:
+                assert resp.status == 200, await resp.text()
+                return await resp.json()
+
+        made = await batch([{"email": e, "last_name": "Held"} for e in (found, slow)])
+        found_id = made["results"][0]["user_id"]
+        # The found user comes first and is unchanged: it writes nothing, so only the batch's
+        # up-front read can hold its rows. The second item then sleeps 3 s inside the transaction.
+        running = asyncio.ensure_future(batch([{"email": found, "last_name": "Held"},
+                                               {"email": slow, "meta": {"fault_probe": "sleep-3"}}]))
+        try:
+            await asyncio.sleep(1.0)
+            assert not running.done()
+            promote = ("SET SESSION innodb_lock_wait_timeout = 1; UPDATE wp_usermeta SET meta_value ="
+                       " 'a:1:{s:13:\"administrator\";b:1;}' WHERE meta_key = 'wp_capabilities'"
+                       f" AND user_id = {found_id}")
+            tried = await asyncio.to_thread(subprocess.run, [
+                "mariadb", "--no-defaults", f"--socket={env['WPSB_DB_SOCKET']}", "-u", env["WPSB_DB_USER"],
+                f"-p{env['WPSB_DB_PASSWORD']}", env["WPSB_DB_NAME"], "-e", promote + "; ROLLBACK"],
+                capture_output=True, text=True)
+            assert not running.done(), "the slow item did not keep the batch open"
+            assert tried.returncode != 0 and "Lock wait timeout" in tried.stderr, tried
+        finally:
+            answer = await asyncio.wait_for(running, 30)
+    assert [r["outcome"] for r in answer["results"]] == ["unchanged", "updated"]
+    assert answer["mode"] == "transaction"
+    assert site.roles_of(found_id) == ["subscriber"]
+    # Once the batch has committed, nothing holds the user.
+    site.sql("SET SESSION innodb_lock_wait_timeout = 1; UPDATE wp_usermeta SET meta_value = meta_value"
+             f" WHERE meta_key = 'wp_capabilities' AND user_id = {found_id}")
+
+
+async def test_an_item_sees_what_an_earlier_item_of_its_batch_wrote(site, people):
+    """Users read up front are not trusted once the batch writes them: an item that moves a user
+    to a new email (matched by contact ID) leaves the next item, looking for the old email, to
+    find nobody and make a new account; an item after one that changed a user sees the change."""
+    cid = f"moved-{uuid.uuid4().hex[:8]}"
+    old, moved = new_email("old"), new_email("moved")
+    async with client_for(site, people["bridge"], "rest") as wp:
+        [made] = [await wp.upsert(UpsertRequest(email=old, last_name="First", contact_id=cid,
+                                                contact_id_key=CONTACT_KEY))]
+        results = await wp.upsert_batch([
+            UpsertRequest(email=moved, contact_id=cid, contact_id_key=CONTACT_KEY, last_name="Second"),
+            UpsertRequest(email=old, last_name="Fresh"),
+            UpsertRequest(email=moved, last_name="Second"),
+            UpsertRequest(email=moved, last_name="Third"),
+        ])
+    assert [r.outcome for r in results] == ["updated", "created", "unchanged", "updated"], results
+    assert results[0].user_id == made.user_id == results[2].user_id == results[3].user_id
+    assert results[1].user_id != made.user_id
+    assert site.users_with_email(moved) == [made.user_id]
+    assert site.users_with_email(old) == [results[1].user_id]
+    assert site.sql(f"SELECT meta_value FROM wp_usermeta WHERE user_id = {made.user_id} AND meta_key = 'last_name'") \
+        == ["Third"]
+
+
 async def test_a_batch_larger_than_the_stated_limit_is_refused_as_a_whole(site, people):
     """More users than status's batch.max_items: 400 wpsb_invalid_args, nothing created."""
     emails = [new_email("big") for _ in range(51)]
@@ -229,8 +296,12 @@ def test_a_create_reads_the_users_meta_at_most_once(site, query_counts):
     core_reads = 2 if site.env.get("WPSB_WP_LINE", "6.1") != "6.1" else 0
     for phase in ("single_create", "batch_create"):
         assert counts[phase]["meta_reads_per_user"] <= max(1, core_reads), counts
-    for phase in ("single_changed", "batch_changed", "single_unchanged", "batch_unchanged"):
+    for phase in ("single_changed", "single_unchanged"):
         assert counts[phase]["meta_reads_per_user"] <= core_reads, counts
+    # A batch reads its users' meta once up front, in one query for all of them (5 users here),
+    # after locking it: they are read from the database even when WordPress had them cached.
+    for phase in ("batch_changed", "batch_unchanged"):
+        assert counts[phase]["meta_reads_per_user"] <= core_reads + 1 / 5, counts
     assert counts["batch_create"]["queries_per_user"] < 50, counts
 
 
@@ -242,3 +313,16 @@ def test_a_user_found_is_read_by_the_query_that_finds_it(query_counts):
     for mode in ("single", "batch"):
         cold, warm = counts[f"{mode}_unchanged_cold"], counts[f"{mode}_unchanged"]
         assert cold["queries_per_user"] <= warm["queries_per_user"] + cold["meta_reads_per_user"], counts
+
+
+def test_a_batch_finds_its_users_in_queries_that_do_not_grow_with_it(site, query_counts):
+    """The users of a batch of unchanged users are looked up, read and locked in a fixed number of
+    queries (plugin 2.3), not in two per user: a batch of 20 costs no more queries than one of 5."""
+    port = str(urlsplit(site.url).port)
+    out = subprocess.run(["php", "-d", "display_errors=stderr", str(QUERY_COUNT_PHP), str(site.site_dir), port, "20"],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    twenty = json.loads(out.stdout)["batch_unchanged_cold"]["queries_per_user"] * 20
+    five = query_counts["batch_unchanged_cold"]["queries_per_user"] * 5
+    # (queries_per_user is rounded to 0.1: a few queries either way; two per user would be +30.)
+    assert twenty <= five + 3, (twenty, five)

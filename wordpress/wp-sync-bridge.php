@@ -2,7 +2,7 @@
 /**
  * Plugin Name: WP Sync Bridge companion
  * Description: User find-or-create for the wp-sync-bridge daemon, over REST (wp-sync-bridge/v1) and XML-RPC (wpsb.*). Serialises account creation per email so concurrent webhooks never create duplicate users; never modifies a privileged user, never grants a privileged role, never touches protected meta.
- * Version: 2.2.2
+ * Version: 2.3.0
  * Requires at least: 6.0
  * Requires PHP: 7.4
  *
@@ -21,7 +21,7 @@
 
 defined( 'ABSPATH' ) || exit;
 
-define( 'WPSB_PLUGIN_VERSION', '2.2.2' );
+define( 'WPSB_PLUGIN_VERSION', '2.3.0' );
 // 2: privileged users skipped, protected meta and role grants refused (wordpress/SECURITY.md).
 define( 'WPSB_API_VERSION', 2 );
 define( 'WPSB_REST_NAMESPACE', 'wp-sync-bridge/v1' );
@@ -928,8 +928,11 @@ function wpsb_user_found_by( $id_sql ) {
 	if ( null === $id_sql ) {
 		return null;
 	}
-	// The scalar subquery runs once; the row is then read by its primary key.
-	$row = $wpdb->get_row( "SELECT * FROM {$wpdb->users} WHERE ID = ({$id_sql})" ); // phpcs:ignore WordPress.DB.PreparedSQL.NotPrepared
+	$row = WPSB_Batch_Prime::row_found_by( $id_sql );
+	if ( null === $row ) {
+		// The scalar subquery runs once; the row is then read by its primary key.
+		$row = $wpdb->get_row( "SELECT * FROM {$wpdb->users} WHERE ID = ({$id_sql})" ); // phpcs:ignore WordPress.DB.PreparedSQL.NotPrepared
+	}
 	if ( ! $row ) {
 		return null;
 	}
@@ -2456,6 +2459,132 @@ WPSB_Meta_Cache::register();
  */
 
 /**
+ * The users a batch will find, read before its items run: one query looks up every item (each
+ * item's own lookup queries, by contact ID and by email, in a UNION), one reads the users' rows,
+ * two lock and read their meta; instead of two queries per item. A batch of 50 unchanged users
+ * costs WordPress ~20% less CPU (bench/profile_sync.py).
+ *
+ * The rows and the meta rows are read with FOR UPDATE inside the batch's transaction: until its
+ * COMMIT nobody can change them (a role change waits for the batch), so what every security check
+ * of the batch reads stays what the database holds, however late in the batch the item runs. A
+ * lookup's answer is used only by the lookup with the same SQL, and only until an item of the
+ * batch writes that user (its row and meta then come from WordPress's own cache, as before); a
+ * lookup that found nobody runs again when its item asks (a user made since is found). Not on a
+ * network: there a user's privileges on other sites are meta rows that a site can add, which no
+ * lock taken here covers, so each item reads them itself, as a single upsert does.
+ */
+final class WPSB_Batch_Prime {
+
+	/** @var array<string, int> Lookup SQL => user ID it found (while a batch runs). */
+	private static $found = array();
+
+	/** @var array<int, object> User ID => users row, read FOR UPDATE. */
+	private static $rows = array();
+
+	/**
+	 * Look up, lock and cache the users of the items about to run.
+	 *
+	 * @param array $pending Position => parsed arguments.
+	 * @return void
+	 */
+	public static function start( array $pending ) {
+		global $wpdb;
+		self::stop();
+		if ( is_multisite() || count( $pending ) < 2 ) {
+			return;
+		}
+		$lookups = array();
+		foreach ( $pending as $a ) {
+			if ( null !== $a['contact_id'] && '' !== $a['contact_id'] && null !== $a['contact_id_key'] ) {
+				$lookups[] = wpsb_user_id_by_meta_sql( $a['contact_id_key'], $a['contact_id'] );
+			}
+			$lookups[] = wpsb_user_id_by_email_sql( $a['email'] );
+		}
+		$lookups = array_values( array_unique( array_filter( $lookups ) ) );
+		$parts   = array();
+		foreach ( $lookups as $k => $sql ) {
+			$parts[] = "SELECT {$k} AS k, ({$sql}) AS id";
+		}
+		$found = array();
+		foreach ( (array) $wpdb->get_results( implode( ' UNION ALL ', $parts ) ) as $hit ) { // phpcs:ignore WordPress.DB.PreparedSQL.NotPrepared
+			if ( null !== $hit->id ) {
+				$found[ $lookups[ (int) $hit->k ] ] = (int) $hit->id;
+			}
+		}
+		$ids = array_values( array_unique( $found ) );
+		if ( ! $ids ) {
+			return;
+		}
+		sort( $ids );
+		$list = implode( ',', $ids );
+		// phpcs:disable WordPress.DB.PreparedSQL.NotPrepared -- integers only.
+		$rows = (array) $wpdb->get_results( "SELECT * FROM {$wpdb->users} WHERE ID IN ({$list}) ORDER BY ID FOR UPDATE" );
+		$wpdb->query( "SELECT umeta_id FROM {$wpdb->usermeta} WHERE user_id IN ({$list}) ORDER BY user_id, umeta_id FOR UPDATE" );
+		// phpcs:enable WordPress.DB.PreparedSQL.NotPrepared
+		foreach ( $rows as $row ) {
+			self::$rows[ (int) $row->ID ] = $row;
+			// Read after the lock: the meta WordPress caches is what the lock now holds.
+			wp_cache_delete( (int) $row->ID, 'user_meta' );
+		}
+		self::$found = $found;
+		update_meta_cache( 'user', array_keys( self::$rows ) );
+		// Whatever writes one of these users (an item, or another plugin's hook) drops its row.
+		add_action( 'clean_user_cache', array( __CLASS__, 'forget' ), PHP_INT_MIN, 1 );
+		foreach ( array( 'added_user_meta', 'updated_user_meta', 'deleted_user_meta' ) as $hook ) {
+			add_action( $hook, array( __CLASS__, 'meta_written' ), PHP_INT_MIN, 2 );
+		}
+	}
+
+	/**
+	 * The users row the lookup query finds, if the batch read it and nothing wrote it since.
+	 *
+	 * @param string $id_sql Lookup query.
+	 * @return object|null Null: not known, run the query.
+	 */
+	public static function row_found_by( $id_sql ) {
+		$id = self::$found[ $id_sql ] ?? 0;
+		return $id && isset( self::$rows[ $id ] ) ? self::$rows[ $id ] : null;
+	}
+
+	/**
+	 * An item wrote this user (or made it): its lookups run again, its row comes from the cache.
+	 *
+	 * @param int $user_id User ID.
+	 * @return void
+	 */
+	public static function forget( $user_id ) {
+		unset( self::$rows[ (int) $user_id ] );
+	}
+
+	/**
+	 * added_user_meta / updated_user_meta / deleted_user_meta: that user was written.
+	 *
+	 * @param mixed $meta_id Meta ID(s).
+	 * @param int   $user_id User ID.
+	 * @return void
+	 */
+	public static function meta_written( $meta_id, $user_id ) {
+		self::forget( $user_id );
+	}
+
+	/**
+	 * The batch is over (committed or rolled back).
+	 *
+	 * @return void
+	 */
+	public static function stop() {
+		if ( self::$found ) {
+			remove_action( 'clean_user_cache', array( __CLASS__, 'forget' ), PHP_INT_MIN );
+			foreach ( array( 'added_user_meta', 'updated_user_meta', 'deleted_user_meta' ) as $hook ) {
+				remove_action( $hook, array( __CLASS__, 'meta_written' ), PHP_INT_MIN );
+			}
+		}
+		self::$found = array();
+		self::$rows  = array();
+	}
+}
+
+/**
  * Runs one batch: the items' email locks are taken (in a fixed order, so two batches cannot wait
  * on each other) and held until after COMMIT; the items run in one READ COMMITTED transaction
  * (under REPEATABLE READ a batch would not see a user another batch committed after it began,
@@ -2570,10 +2699,12 @@ final class WPSB_Upsert_Batch {
 		WPSB_Mail_Hold::start();
 		$done = array();
 		try {
+			WPSB_Batch_Prime::start( $pending );
 			foreach ( $pending as $i => $a ) {
 				$done[ $i ] = wpsb_upsert_locked( $a );
 				if ( ! is_wp_error( $done[ $i ] ) && $done[ $i ]['user_id'] ) {
 					$this->touched[] = (int) $done[ $i ]['user_id'];
+					WPSB_Batch_Prime::forget( (int) $done[ $i ]['user_id'] );
 				}
 				if ( $this->db_failed() ) {
 					break;
@@ -2582,6 +2713,7 @@ final class WPSB_Upsert_Batch {
 		} catch ( Throwable $e ) {
 			$this->failed = true; // The item may have stopped half-way: run them one by one.
 		}
+		WPSB_Batch_Prime::stop();
 		remove_filter( 'query', array( $this, 'guard_query' ), PHP_INT_MAX );
 		remove_action( 'user_register', array( $this, 'touch' ), PHP_INT_MIN );
 		if ( $counts ) {

@@ -12,8 +12,9 @@
 defined( 'ABSPATH' ) || exit;
 
 /**
- * added_user_meta / updated_user_meta: a query MariaDB refuses when the probe value is written
- * (under any key: fault_probe, or a field wp_update_user() writes, such as last_name).
+ * added_user_meta / updated_user_meta: a query MariaDB refuses when the probe value db-error is
+ * written (under any key: fault_probe, or a field wp_update_user() writes, such as last_name); a
+ * pause of N seconds when the value sleep-N is.
  *
  * @param int    $meta_id  Meta ID.
  * @param int    $user_id  User ID.
@@ -23,6 +24,9 @@ defined( 'ABSPATH' ) || exit;
  */
 function wpsb_test_db_fault( $meta_id, $user_id, $meta_key, $value ) {
 	global $wpdb;
+	if ( is_string( $value ) && preg_match( '/^sleep-([0-9])$/', $value, $m ) ) {
+		sleep( (int) $m[1] ); // A slow item: what the batch holds meanwhile can be looked at.
+	}
 	if ( 'db-error' === $value ) {
 		$suppress = $wpdb->suppress_errors( true );
 		$wpdb->query( "SELECT wpsb_no_such_column FROM {$wpdb->users} LIMIT 1" ); // phpcs:ignore
