@@ -267,6 +267,22 @@ async def test_an_item_sees_what_an_earlier_item_of_its_batch_wrote(site, people
         == ["Third"]
 
 
+async def test_the_plugins_routes_are_served_without_registering_the_core_routes(site, people):
+    """A request for a wp-sync-bridge/v1 route skips registering WordPress core's own REST routes
+    (wp/v2 ...), which it never uses; a request for a core route still finds them all."""
+    auth = basic_auth(people["bridge"].login, people["bridge"].app_password)
+    async with aiohttp.ClientSession(headers={"Authorization": auth}) as session:
+        async with session.post(site.url + "/?rest_route=/wp-sync-bridge/v1/users/upsert-batch",
+                                json={"users": [{"email": new_email("lean")}, {"email": new_email("lean")}]}) as resp:
+            assert resp.status == 200, await resp.text()
+            assert [r["outcome"] for r in (await resp.json())["results"]] == ["created", "created"]
+            assert resp.headers["X-WPSB-Test-Core-Routes"] == "no"
+        async with session.get(site.url + "/?rest_route=/wp/v2/users/me") as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["id"] == people["bridge"].id
+            assert resp.headers["X-WPSB-Test-Core-Routes"] == "yes"
+
+
 async def test_a_batch_larger_than_the_stated_limit_is_refused_as_a_whole(site, people):
     """More users than status's batch.max_items: 400 wpsb_invalid_args, nothing created."""
     emails = [new_email("big") for _ in range(51)]

@@ -46,3 +46,19 @@ function wpsb_test_hide_features( $features ) {
 	return get_option( 'wpsb_test_hide_features' ) ? array() : $features;
 }
 add_filter( 'wpsb_features', 'wpsb_test_hide_features' );
+
+/**
+ * rest_post_dispatch: the header X-WPSB-Test-Core-Routes says whether WordPress core's REST
+ * routes were registered for this request (yes or no), so tests can see the plugin's lean REST.
+ *
+ * @param WP_REST_Response $response Response.
+ * @param WP_REST_Server   $server   Server.
+ * @return WP_REST_Response
+ */
+function wpsb_test_core_routes_header( $response, $server ) {
+	if ( $response instanceof WP_REST_Response ) {
+		$response->header( 'X-WPSB-Test-Core-Routes', isset( $server->get_routes()['/wp/v2/users'] ) ? 'yes' : 'no' );
+	}
+	return $response;
+}
+add_filter( 'rest_post_dispatch', 'wpsb_test_core_routes_header', 10, 2 );
