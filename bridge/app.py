@@ -18,6 +18,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from bridge.batching import Traffic
 from bridge.clients.crm import CrmClient
 from bridge.clients.wordpress import API_VERSION, make_wordpress
 from bridge.errors import CannotStart, ConfigError, RemoteError
@@ -99,7 +100,8 @@ class Bridge:
         crms = {name: CrmClient(name, conn, *self._crm_args, observer=self._crm_seen)
                 for name, conn in s.connections.items()}
         ctx = SyncContext(s, self._wordpress, crms, self.store)
-        self.worker = Worker(ctx, self.store, self.metrics, self.health)
+        traffic = Traffic()
+        self.worker = Worker(ctx, self.store, self.metrics, self.health, traffic=traffic)
         await self.worker.start()
         if s.database.backend == "postgresql":
             # Other bridges' deliveries wake this one's worker (NOTIFY), between its own polls.
@@ -110,7 +112,7 @@ class Bridge:
                                        max_s=s.worker.loop_backoff_max_s), "wordpress.check")
         if any(c.probe is not None for c in (crm.spec for crm in crms.values())):
             self._background.spawn(self._watch_crms(crms), "crm.check")
-        self._intake = intake = Intake(s, self.store, self.metrics, self.worker.notify)
+        self._intake = intake = Intake(s, self.store, self.metrics, self.worker.notify, traffic=traffic)
         token = s.server.metrics_token.get_secret_value() if s.server.metrics_token else None
         separate = s.server.metrics_port is not None
         app = make_app(intake, self._ready, None if separate else self._metrics_body, s.server.max_body_bytes,

@@ -13,6 +13,14 @@ flight an upsert goes at once unless other running jobs are still on their way t
 it waits for them at most ``worker.batch_linger_s``. So a lone job is never held back, and idle
 latency does not grow.
 
+The hold lasts only while more upserts are on their way: while this bridge's intake is answering
+deliveries (or answered one less than ``INTAKE_IDLE_S`` ago, ``Traffic``) or running jobs have not
+reached their upsert yet. When a burst of deliveries ends, its last upserts go at once beside the
+request still in flight instead of waiting for its answer (the end of a burst of 300 deliveries
+came ~10% sooner, ``bench/sync.py``). A bridge whose intake gets no deliveries (another instance
+on the same PostgreSQL queue takes them) forms its batches from each claim, which waits while a
+request is in flight (``worker.claim_interval_s``).
+
 Why the rule: WordPress's bootstrap (~13 ms of CPU here) is paid per request, an unchanged user in
 a batch costs ~0.8 ms. Without it, deliveries arriving a few at a time left a request slot free
 for each few, and batches of 4 cost WordPress 4.1-5.2 ms of CPU per user against 1.3-1.4 ms in
@@ -48,6 +56,48 @@ PARTIAL_HOLD_MAX_S = 1.0
 # ../shared/reference/wordpress-throughput.md). 10 of them keep a request near 3 s at worst, within
 # wordpress.timeout_s (15 s by default), however full the batch; the others go in the next one.
 PASSWORD_ITEMS_MAX = 10
+# The intake counts as busy this long after it answered its last delivery: a sender keeping
+# requests in flight sends its next one well within it (0.1-0.5 ms here), and a pause this long
+# is the end of a burst (A/B in the README's benchmark section).
+INTAKE_IDLE_S = 0.002
+
+
+class Traffic:
+    """The deliveries this bridge's intake is answering: whether more upserts are on their way.
+
+    The intake calls ``started()``/``finished()`` around each delivery; ``on_idle`` callbacks run
+    ``idle_s`` after it answered its last one with none in progress, so a batch held for more can
+    go.
+    """
+
+    def __init__(self, idle_s: float = INTAKE_IDLE_S, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.idle_s = idle_s
+        self._monotonic = monotonic
+        self.in_progress = 0
+        self._last_done = float("-inf")
+        self._on_idle: list[Callable[[], None]] = []
+
+    def on_idle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time the intake has gone idle."""
+        self._on_idle.append(callback)
+
+    def started(self) -> None:
+        self.in_progress += 1
+
+    def finished(self) -> None:
+        self.in_progress -= 1
+        self._last_done = self._monotonic()
+        if self.in_progress == 0 and self._on_idle:
+            asyncio.get_running_loop().call_later(self.idle_s, self._idle)
+
+    def busy(self) -> bool:
+        """A delivery in progress, or answered less than ``idle_s`` ago."""
+        return self.in_progress > 0 or self._monotonic() - self._last_done < self.idle_s
+
+    def _idle(self) -> None:
+        if not self.busy():
+            for callback in self._on_idle:
+                callback()
 
 
 class UpsertBatcher:
@@ -55,10 +105,13 @@ class UpsertBatcher:
 
     ``wordpress``: the current client (a reload may replace it). ``waiting_jobs``: how many
     running jobs have not reached their upsert yet (a hint: only decides whether to linger).
+    ``more_coming``: whether more upserts are on their way (the intake is busy); a batch that is
+    not full is held behind another one in flight only while it says so. ``wake()`` when it changes.
     """
 
     def __init__(self, wordpress: Callable[[], WordPress], size: int, linger_s: float, max_in_flight: int,
                  waiting_jobs: Callable[[], int] = lambda: 0,
+                 more_coming: Callable[[], bool] = lambda: True,
                  on_batch: Callable[[int], None] = lambda n: None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._wordpress = wordpress
@@ -66,6 +119,7 @@ class UpsertBatcher:
         self._linger_s = linger_s
         self._slots = asyncio.Semaphore(max_in_flight)
         self._waiting_jobs = waiting_jobs
+        self._more_coming = more_coming
         self._on_batch = on_batch
         self._monotonic = monotonic
         self._pending: list[tuple[UpsertRequest, asyncio.Future]] = []
@@ -148,10 +202,15 @@ class UpsertBatcher:
                 self._flushing = True
                 self._tasks.spawn(self._flush(), "batching.flush")
 
+    def wake(self) -> None:
+        """Look again at what is pending (``more_coming`` may have changed)."""
+        self._arrived.set()
+
     async def _hold_partial(self) -> None:
-        """While a batch that was not full is in flight, wait for its answer or a full batch, at
-        most PARTIAL_HOLD_MAX_S."""
-        await self._wait_while(lambda: self._partial_in_flight and len(self._pending) < self.batch_size,
+        """While a batch that was not full is in flight and more upserts are on their way, wait for
+        its answer or a full batch, at most PARTIAL_HOLD_MAX_S."""
+        await self._wait_while(lambda: (self._partial_in_flight and len(self._pending) < self.batch_size
+                                        and (self._more_coming() or self._waiting_jobs() > 0)),
                                PARTIAL_HOLD_MAX_S)
 
     async def _linger(self) -> None:

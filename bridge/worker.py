@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable
 
 import structlog
 
-from bridge.batching import UpsertBatcher
+from bridge.batching import Traffic, UpsertBatcher
 from bridge.errors import Permanent, RateLimited, Transient
 from bridge.logs import scrub_text
 from bridge.metrics import Metrics
@@ -49,7 +49,7 @@ class Worker:
     """Runs the queue until ``stop()``; ``notify()`` wakes it when a job arrives."""
 
     def __init__(self, ctx: SyncContext, store: JobStore, metrics: Metrics, health: LoopHealth | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, traffic: Traffic | None = None) -> None:
         self.ctx = ctx
         self.store = store
         self.metrics = metrics
@@ -73,7 +73,10 @@ class Worker:
         self.batcher = ctx.batcher = UpsertBatcher(
             lambda: ctx.wordpress, self.cfg.batch_size, self.cfg.batch_linger_s, self.cfg.concurrency,
             waiting_jobs=lambda: len(self._running) - self.batcher.submitted,
+            more_coming=traffic.busy if traffic is not None else (lambda: True),
             on_batch=metrics.wordpress_batch)
+        if traffic is not None:
+            traffic.on_idle(self.batcher.wake)
 
     @property
     def slots(self) -> int:

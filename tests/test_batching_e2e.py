@@ -2,11 +2,12 @@
 of distinct contacts that wait together go as one batch request, while each contact's jobs still
 run one at a time in arrival order and waiting updates still coalesce; one item that fails fails
 only its own job; a plugin that does not advertise the batch gets single upserts; a batch that is
-not full waits while another one is in flight."""
+not full waits while another one is in flight, and only while deliveries keep coming."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 import uuid
@@ -44,6 +45,21 @@ def client_settings(wp_stack, url: str | None = None, **wordpress):
 def contact(tag: str, last_name: str = "One", email: str | None = None) -> dict:
     return {"contact": {"id": f"id-{tag}", "email": email or f"{tag}@example.com", "first_name": "Batch",
                         "last_name": last_name}, "n": uuid.uuid4().hex}
+
+
+async def warm_up_then_hold(b, proxy: Switch, tag: str) -> None:
+    """One delivery through to WordPress (the plugin's batch limit is known from then on), then
+    the proxy holds WordPress's answers."""
+    _, warm = await b.send(contact(f"{tag}-w"), path="/hooks/shop", wpf_action="add")
+    await b.wait_job(warm["job_id"])
+    proxy.hold()
+
+
+async def proxied_requests_reach(proxy: Switch, n: int) -> None:
+    """Wait (10 s at most) until ``n`` requests have gone through the proxy."""
+    async with asyncio.timeout(10):
+        while proxy.requests < n:
+            await asyncio.sleep(0.005)
 
 
 async def batch_counts(b) -> tuple[float, float]:
@@ -141,12 +157,7 @@ async def test_a_batch_that_is_not_full_waits_while_another_one_is_in_flight(wp_
 
     def upsert(email: str) -> asyncio.Task:
         return asyncio.ensure_future(batcher.upsert(UpsertRequest(email=email, first_name="Nagle")))
-
-    async def requests_reach(n: int) -> None:
-        async with asyncio.timeout(10):
-            while proxy.requests < n:
-                await asyncio.sleep(0.01)
-
+    requests_reach = functools.partial(proxied_requests_reach, proxy)
     try:
         assert (await batcher.upsert(UpsertRequest(email=emails[0]))).outcome == "created"  # learns the limit
         proxy.hold()
@@ -174,6 +185,43 @@ async def test_a_batch_that_is_not_full_waits_while_another_one_is_in_flight(wp_
         await proxy.stop()
 
 
+async def test_when_the_deliveries_stop_a_batch_that_is_not_full_goes_at_once(tmp_path, wp_stack, fake_crm,
+                                                                                start_bridge):
+    """The hold of Nagle's rule lasts only while deliveries keep coming: with a lone upsert's request
+    in flight (its answer held by a proxy), three deliveries arrive and the intake goes quiet; their
+    upserts go together beside the held request, without waiting for its answer (before: for the
+    answer, or for PARTIAL_HOLD_MAX_S). Every job is then done, each user made once."""
+    proxy = Switch(wp_stack["WPSB_WP_URL"])
+    await proxy.start()
+    config = generic_config(tmp_path, wp_stack, fake_crm, concurrency=4)
+    config["wordpress"] = {**config["wordpress"], "url": proxy.url}
+    b = await start_bridge(config)
+    sizes: list[int] = []
+    b.bridge.worker.batcher._on_batch = sizes.append
+    tag = f"quiet-{uuid.uuid4().hex[:8]}"
+    requests_reach = functools.partial(proxied_requests_reach, proxy)
+    try:
+        await warm_up_then_hold(b, proxy, tag)
+        sent = proxy.requests
+        _, lone = await b.send(contact(f"{tag}-a"), path="/hooks/shop", wpf_action="add")
+        await requests_reach(sent + 1)
+        burst = [(await b.send(contact(f"{tag}-b{i}"), path="/hooks/shop", wpf_action="add"))[1]
+                 for i in range(3)]
+        quiet_at = time.monotonic()
+        await requests_reach(sent + 2)
+        assert time.monotonic() - quiet_at < PARTIAL_HOLD_MAX_S / 2
+        assert (await b.bridge.store.get_job(lone["job_id"]))["status"] != "done"  # its answer still held
+        assert sum(sizes) == 3, sizes
+        proxy.release()
+        jobs = [await b.wait_job(a["job_id"]) for a in (lone, *burst)]
+        assert [j["outcome"]["outcome"] for j in jobs] == ["created"] * 4, [j["last_error"] for j in jobs]
+        probe = WordPressProbe(wp_stack)
+        assert [probe.user_count(f"{tag}-{s}@example.com") for s in ("a", "b0", "b1", "b2")] == [1] * 4
+    finally:
+        proxy.release()
+        await proxy.stop()
+
+
 async def test_claims_wait_while_a_request_is_in_flight(tmp_path, wp_stack, fake_crm, start_bridge):
     """worker.claim_interval_s: with no WordPress request in flight a delivery is claimed at once;
     while one is (its answer held by a proxy), deliveries arriving are not claimed one commit each
@@ -193,16 +241,9 @@ async def test_claims_wait_while_a_request_is_in_flight(tmp_path, wp_stack, fake
 
     b.bridge.store.claim = counted
     tag = f"cl-{uuid.uuid4().hex[:8]}"
-
-    async def requests_reach(n: int) -> None:
-        async with asyncio.timeout(10):
-            while proxy.requests < n:
-                await asyncio.sleep(0.005)
-
+    requests_reach = functools.partial(proxied_requests_reach, proxy)
     try:
-        _, warm = await b.send(contact(f"{tag}-w"), path="/hooks/shop", wpf_action="add")
-        await b.wait_job(warm["job_id"])  # the plugin's batch limit is known from here on
-        proxy.hold()
+        await warm_up_then_hold(b, proxy, tag)
         sent, started = proxy.requests, time.monotonic()
         _, lone = await b.send(contact(f"{tag}-a"), path="/hooks/shop", wpf_action="add")
         await requests_reach(sent + 1)

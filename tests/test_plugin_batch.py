@@ -8,6 +8,8 @@ repeating anything, and a create reads the user's meta at most once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import random
 import subprocess
@@ -39,6 +41,22 @@ def people(site):
     bridge, member, boss = site.new_users([("bbridge", "wpsb_bridge", {"app_password": True}),
                                            ("member", "subscriber", {}), ("bboss", "administrator", {})])
     return {"bridge": bridge, "member": member, "boss": boss}
+
+
+@contextlib.asynccontextmanager
+async def bridge_batches(site, people):
+    """``batch(users)`` → the plugin's answer to a batch request as the bridge's user."""
+    auth = basic_auth(people["bridge"].login, people["bridge"].app_password)
+    url = site.url + "/?rest_route=/wp-sync-bridge/v1/users/upsert-batch"
+    async with aiohttp.ClientSession(headers={"Authorization": auth}) as session:
+        yield functools.partial(post_batch, session, url)
+
+
+async def post_batch(session: aiohttp.ClientSession, url: str, users: list[dict]) -> dict:
+    """The plugin's answer to one batch request (which must be 200)."""
+    async with session.post(url, json={"users": users}) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
 
 
 def new_email(tag: str) -> str:
@@ -128,15 +146,8 @@ async def test_after_a_rollback_existing_users_are_read_again_not_from_the_rolle
     rolled-back writes put there, or nothing. The items that run again one by one must read the
     user from the database: each change applied once, no meta key doubled, no write taken for done
     because the rolled-back cache had it."""
-    auth = basic_auth(people["bridge"].login, people["bridge"].app_password)
-    url = site.url + "/?rest_route=/wp-sync-bridge/v1/users/upsert-batch"
     first, second = new_email("rolled"), new_email("rolled")
-    async with aiohttp.ClientSession(headers={"Authorization": auth}) as session:
-        async def batch(users: list[dict]) -> dict:
-            async with session.post(url, json={"users": users}) as resp:
-                assert resp.status == 200, await resp.text()
-                return await resp.json()
-
+    async with bridge_batches(site, people) as batch:
         made = await batch([{"email": e, "last_name": "Before", "meta": {"fault_probe": "ok", "city": "Oslo"}}
                             for e in (first, second)])
         assert [r["outcome"] for r in made["results"]] == ["created", "created"]
@@ -166,16 +177,9 @@ async def test_writing_a_contact_id_locks_only_its_own_users_rows_of_the_contact
     contact ID deleted by (meta key, user), which walked the index's primary key over every
     contact under that key and locked other users' rows. With another session holding one user's
     index row, changing another user's contact ID must not wait for it."""
-    auth = basic_auth(people["bridge"].login, people["bridge"].app_password)
-    url = site.url + "/?rest_route=/wp-sync-bridge/v1/users/upsert-batch"
     held, other = new_email("held"), new_email("other")
     env = site.env
-    async with aiohttp.ClientSession(headers={"Authorization": auth}) as session:
-        async def batch(users: list[dict]) -> dict:
-            async with session.post(url, json={"users": users}) as resp:
-                assert resp.status == 200, await resp.text()
-                return await resp.json()
-
+    async with bridge_batches(site, people) as batch:
         made = await batch([{"email": e, "contact_id": f"id-{e}", "contact_id_key": CONTACT_KEY}
                             for e in (held, other)])
         held_id = made["results"][0]["user_id"]
@@ -205,16 +209,9 @@ async def test_a_batch_holds_the_users_it_found_until_it_commits(site, people):
     rows and meta read FOR UPDATE), so what its security checks read cannot change before its
     COMMIT: a promotion of a user the batch found, tried while a later item of the same batch is
     still running, waits for the batch (here: times out after 1 s), and goes through after it."""
-    auth = basic_auth(people["bridge"].login, people["bridge"].app_password)
-    url = site.url + "/?rest_route=/wp-sync-bridge/v1/users/upsert-batch"
     found, slow = new_email("found"), new_email("slow")
     env = site.env
-    async with aiohttp.ClientSession(headers={"Authorization": auth}) as session:
-        async def batch(users: list[dict]) -> dict:
-            async with session.post(url, json={"users": users}) as resp:
-                assert resp.status == 200, await resp.text()
-                return await resp.json()
-
+    async with bridge_batches(site, people) as batch:
         made = await batch([{"email": e, "last_name": "Held"} for e in (found, slow)])
         found_id = made["results"][0]["user_id"]
         # The found user comes first and is unchanged: it writes nothing, so only the batch's

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.http_parser import HAS_BROTLI
 from aiohttp.web_protocol import RequestPayloadError
 
+from bridge.batching import Traffic
 from bridge.core.auth import SIGNATURE_HEADERS, key_matches, verify_signature
 from bridge.core.contacts import LINK_LOG, links_from_deliveries
 from bridge.core.delivery import dedupe_key, event_id, parse_delivery, public_query
@@ -46,8 +47,9 @@ class Intake:
     """Handles ``/`` (WP Fusion's URL contract) and ``/hooks/{connection}``."""
 
     def __init__(self, settings: Settings, store: JobStore, metrics: Metrics, on_enqueued: Callable[[], None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, traffic: Traffic | None = None) -> None:
         self.settings = settings
+        self.traffic = traffic if traffic is not None else Traffic()
         self.store = store
         self.metrics = metrics
         self.on_enqueued = on_enqueued
@@ -67,6 +69,13 @@ class Intake:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Answer one delivery; never raises for bad input."""
+        self.traffic.started()
+        try:
+            return await self._handle(request)
+        finally:
+            self.traffic.finished()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         remote = request.remote
         forwarded = request.headers.get("X-Forwarded-For") if remote in self.trusted_proxies else None
         address = client_address(remote, forwarded, self.trusted_proxies)
