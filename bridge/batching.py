@@ -70,7 +70,8 @@ class Traffic:
     go.
     """
 
-    def __init__(self, idle_s: float = INTAKE_IDLE_S, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, idle_s: float = INTAKE_IDLE_S,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.idle_s = idle_s
         self._monotonic = monotonic
         self.in_progress = 0

@@ -210,7 +210,6 @@ async def test_a_batch_holds_the_users_it_found_until_it_commits(site, people):
     COMMIT: a promotion of a user the batch found, tried while a later item of the same batch is
     still running, waits for the batch (here: times out after 1 s), and goes through after it."""
     found, slow = new_email("found"), new_email("slow")
-    env = site.env
     async with bridge_batches(site, people) as batch:
         made = await batch([{"email": e, "last_name": "Held"} for e in (found, slow)])
         found_id = made["results"][0]["user_id"]
@@ -224,12 +223,10 @@ async def test_a_batch_holds_the_users_it_found_until_it_commits(site, people):
             promote = ("SET SESSION innodb_lock_wait_timeout = 1; UPDATE wp_usermeta SET meta_value ="
                        " 'a:1:{s:13:\"administrator\";b:1;}' WHERE meta_key = 'wp_capabilities'"
                        f" AND user_id = {found_id}")
-            tried = await asyncio.to_thread(subprocess.run, [
-                "mariadb", "--no-defaults", f"--socket={env['WPSB_DB_SOCKET']}", "-u", env["WPSB_DB_USER"],
-                f"-p{env['WPSB_DB_PASSWORD']}", env["WPSB_DB_NAME"], "-e", promote + "; ROLLBACK"],
-                capture_output=True, text=True)
+            with pytest.raises(subprocess.CalledProcessError) as tried:
+                await asyncio.to_thread(site.sql, promote + "; ROLLBACK")
             assert not running.done(), "the slow item did not keep the batch open"
-            assert tried.returncode != 0 and "Lock wait timeout" in tried.stderr, tried
+            assert "Lock wait timeout" in tried.value.stderr, tried.value.stderr
         finally:
             answer = await asyncio.wait_for(running, 30)
     assert [r["outcome"] for r in answer["results"]] == ["unchanged", "updated"]
@@ -260,8 +257,9 @@ async def test_an_item_sees_what_an_earlier_item_of_its_batch_wrote(site, people
     assert results[1].user_id != made.user_id
     assert site.users_with_email(moved) == [made.user_id]
     assert site.users_with_email(old) == [results[1].user_id]
-    assert site.sql(f"SELECT meta_value FROM wp_usermeta WHERE user_id = {made.user_id} AND meta_key = 'last_name'") \
-        == ["Third"]
+    last_names = site.sql(f"SELECT meta_value FROM wp_usermeta WHERE user_id = {made.user_id}"
+                          " AND meta_key = 'last_name'")
+    assert last_names == ["Third"]
 
 
 async def test_the_plugins_routes_are_served_without_registering_the_core_routes(site, people):
@@ -269,8 +267,9 @@ async def test_the_plugins_routes_are_served_without_registering_the_core_routes
     (wp/v2 ...), which it never uses; a request for a core route still finds them all."""
     auth = basic_auth(people["bridge"].login, people["bridge"].app_password)
     async with aiohttp.ClientSession(headers={"Authorization": auth}) as session:
+        users = [{"email": new_email("lean")}, {"email": new_email("lean")}]
         async with session.post(site.url + "/?rest_route=/wp-sync-bridge/v1/users/upsert-batch",
-                                json={"users": [{"email": new_email("lean")}, {"email": new_email("lean")}]}) as resp:
+                                json={"users": users}) as resp:
             assert resp.status == 200, await resp.text()
             assert [r["outcome"] for r in (await resp.json())["results"]] == ["created", "created"]
             assert resp.headers["X-WPSB-Test-Core-Routes"] == "no"
@@ -293,9 +292,14 @@ async def test_a_batch_larger_than_the_stated_limit_is_refused_as_a_whole(site, 
 @pytest.fixture(scope="module")
 def query_counts(site):
     """``wpsb-query-count.php`` on the test site: queries (and meta reads) per user, by phase."""
+    return count_queries(site, 5)
+
+
+def count_queries(site, n: int) -> dict:
+    """``wpsb-query-count.php`` on the test site for ``n`` users per phase: its JSON answer."""
     port = str(urlsplit(site.url).port)
-    out = subprocess.run(["php", "-d", "display_errors=stderr", str(QUERY_COUNT_PHP), str(site.site_dir), port, "5"],
-                         capture_output=True, text=True, check=False)
+    command = ["php", "-d", "display_errors=stderr", str(QUERY_COUNT_PHP), str(site.site_dir), port, str(n)]
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -331,11 +335,7 @@ def test_a_user_found_is_read_by_the_query_that_finds_it(query_counts):
 def test_a_batch_finds_its_users_in_queries_that_do_not_grow_with_it(site, query_counts):
     """The users of a batch of unchanged users are looked up, read and locked in a fixed number of
     queries (plugin 2.3), not in two per user: a batch of 20 costs no more queries than one of 5."""
-    port = str(urlsplit(site.url).port)
-    out = subprocess.run(["php", "-d", "display_errors=stderr", str(QUERY_COUNT_PHP), str(site.site_dir), port, "20"],
-                         capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr
-    twenty = json.loads(out.stdout)["batch_unchanged_cold"]["queries_per_user"] * 20
+    twenty = count_queries(site, 20)["batch_unchanged_cold"]["queries_per_user"] * 20
     five = query_counts["batch_unchanged_cold"]["queries_per_user"] * 5
     # (queries_per_user is rounded to 0.1: a few queries either way; two per user would be +30.)
     assert twenty <= five + 3, (twenty, five)

@@ -2481,6 +2481,9 @@ final class WPSB_Batch_Prime {
 	/** @var array<int, object> User ID => users row, read FOR UPDATE. */
 	private static $rows = array();
 
+	/** Actions after which the user they name is read again (a meta row written). */
+	const META_WRITES = array( 'added_user_meta', 'updated_user_meta', 'deleted_user_meta' );
+
 	/**
 	 * Look up, lock and cache the users of the items about to run.
 	 *
@@ -2530,7 +2533,7 @@ final class WPSB_Batch_Prime {
 		update_meta_cache( 'user', array_keys( self::$rows ) );
 		// Whatever writes one of these users (an item, or another plugin's hook) drops its row.
 		add_action( 'clean_user_cache', array( __CLASS__, 'forget' ), PHP_INT_MIN, 1 );
-		foreach ( array( 'added_user_meta', 'updated_user_meta', 'deleted_user_meta' ) as $hook ) {
+		foreach ( self::META_WRITES as $hook ) {
 			add_action( $hook, array( __CLASS__, 'meta_written' ), PHP_INT_MIN, 2 );
 		}
 	}
@@ -2575,7 +2578,7 @@ final class WPSB_Batch_Prime {
 	public static function stop() {
 		if ( self::$found ) {
 			remove_action( 'clean_user_cache', array( __CLASS__, 'forget' ), PHP_INT_MIN );
-			foreach ( array( 'added_user_meta', 'updated_user_meta', 'deleted_user_meta' ) as $hook ) {
+			foreach ( self::META_WRITES as $hook ) {
 				remove_action( $hook, array( __CLASS__, 'meta_written' ), PHP_INT_MIN );
 			}
 		}
