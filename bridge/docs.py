@@ -80,6 +80,9 @@ DESCRIPTIONS: dict[str, str] = {
                          "password); 1: one upsert per request.",
     "worker.batch_linger_s": "Longest wait of an upsert for running jobs still on their way to theirs; "
                              "a lone job never waits.",
+    "worker.batch_hold_s": "While the intake keeps answering deliveries, the longest wait of a batch "
+                           "that is not full for more upserts (never a lone upsert with nothing in "
+                           "flight); 0: off.",
     "worker.claim_interval_s": "While a WordPress request is in flight, the queue is claimed from at most "
                                "this often (each claim is a commit); with none in flight, at once.",
     "worker.max_attempts": "Runs of a job before it goes to the dead-letter state.",

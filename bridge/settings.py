@@ -210,6 +210,10 @@ class WorkerSettings(_Section):
     batch_size: int = Field(50, ge=1, le=500)
     # How long an upsert waits for running jobs still on their way to theirs (never when alone).
     batch_linger_s: float = Field(0.01, ge=0, le=1)
+    # While the intake keeps answering deliveries, a batch that is not full waits this long at most
+    # to fill (never a lone upsert with nothing in flight, so idle latency is unchanged); WordPress
+    # then spends its bootstrap on more users and leaves the cores to the intake (README). 0: off.
+    batch_hold_s: float = Field(0.05, ge=0, le=1)
     # While a WordPress request of this bridge is in flight, the queue is claimed from at most this
     # often: jobs claimed meanwhile would wait for that answer in the batcher anyway (Nagle's rule,
     # bridge.batching), and each claim is a commit. With no request in flight, at once.

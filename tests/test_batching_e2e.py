@@ -2,7 +2,8 @@
 of distinct contacts that wait together go as one batch request, while each contact's jobs still
 run one at a time in arrival order and waiting updates still coalesce; one item that fails fails
 only its own job; a plugin that does not advertise the batch gets single upserts; a batch that is
-not full waits while another one is in flight, and only while deliveries keep coming."""
+not full waits while another one is in flight, and only while deliveries keep coming; while they
+do, it waits to fill (worker.batch_hold_s)."""
 
 from __future__ import annotations
 
@@ -183,6 +184,49 @@ async def test_a_batch_that_is_not_full_waits_while_another_one_is_in_flight(wp_
         await batcher.close()
         await wp.close()
         await proxy.stop()
+
+
+async def test_while_the_intake_is_busy_a_batch_that_is_not_full_waits_to_fill(wp_stack):
+    """worker.batch_hold_s: while the intake keeps answering deliveries, upserts with nothing in
+    flight wait for a full batch (at most busy_hold_s) instead of going a few at a time; a lone
+    upsert still goes at once, and once the intake goes quiet what waits goes at once."""
+    wp = make_wordpress(client_settings(wp_stack))
+    sizes: list[int] = []
+    busy = [True]
+    hold_s = 0.8
+    batcher = UpsertBatcher(lambda: wp, 5, 0.0, 4, on_batch=sizes.append, intake_busy=lambda: busy[0],
+                            busy_hold_s=hold_s)
+    tag = f"hold-{uuid.uuid4().hex[:8]}"
+    emails = [f"{tag}-{i}@example.com" for i in range(12)]
+
+    def upsert(email: str) -> asyncio.Task:
+        return asyncio.ensure_future(batcher.upsert(UpsertRequest(email=email, first_name="Hold")))
+    try:
+        assert (await batcher.upsert(UpsertRequest(email=emails[0]))).outcome == "created"  # learns the limit
+        started = time.monotonic()
+        assert (await upsert(emails[1])).outcome == "created"  # alone, nothing in flight: at once
+        assert time.monotonic() - started < hold_s / 2 and sizes == []
+        waiting = [upsert(e) for e in emails[2:5]]
+        await asyncio.sleep(0.3)
+        assert sizes == [] and not any(t.done() for t in waiting)  # three of five: they wait
+        waiting += [upsert(e) for e in emails[5:7]]  # five: the batch is full and goes
+        assert [r.outcome for r in await asyncio.gather(*waiting)] == ["created"] * 5 and sizes == [5]
+        held_at = time.monotonic()
+        assert [r.outcome for r in await asyncio.gather(*(upsert(e) for e in emails[7:9]))] == ["created"] * 2
+        assert time.monotonic() - held_at >= hold_s * 0.9 and sizes == [5, 2]  # not for ever
+        waiting = [upsert(e) for e in emails[9:12]]
+        await asyncio.sleep(0.2)
+        assert sizes == [5, 2]
+        quiet_at = time.monotonic()
+        busy[0] = False  # the intake went quiet (Traffic's idle callback wakes the batcher)
+        batcher.wake()
+        assert [r.outcome for r in await asyncio.gather(*waiting)] == ["created"] * 3
+        assert time.monotonic() - quiet_at < hold_s / 2 and sizes == [5, 2, 3]
+        probe = WordPressProbe(wp_stack)
+        assert all(probe.user_count(e) == 1 for e in emails)
+    finally:
+        await batcher.close()
+        await wp.close()
 
 
 async def test_when_the_deliveries_stop_a_batch_that_is_not_full_goes_at_once(tmp_path, wp_stack, fake_crm,
