@@ -22,7 +22,7 @@ on the same PostgreSQL queue takes them) forms its batches from each claim, whic
 request is in flight (``worker.claim_interval_s``).
 
 While the intake keeps answering deliveries, a batch that is not full also waits to fill with
-nothing in flight, at most ``worker.batch_hold_s`` (50 ms), unless it is a lone upsert (the first
+nothing in flight, at most ``worker.batch_hold_s`` (100 ms), unless it is a lone upsert (the first
 of a burst, or a delivery at idle, goes at once). Under a steady stream the batches then follow the
 stream's rate, not the answers' round trip: WordPress pays its bootstrap for more users, and the
 cores it leaves free go to the intake, whose answers take most of a burst (unchanged updates 5-6%

@@ -76,8 +76,8 @@ DESCRIPTIONS: dict[str, str] = {
                           "jobs run "
                           "at once (a contact's jobs always run one at a time, in order).",
     "worker.batch_size": "Upserts of running jobs sent as one plugin batch request "
-                         "(plugin 2.1, at most its own limit, 50; at most 10 of them carrying a "
-                         "password); 1: one upsert per request.",
+                         "(plugin 2.1, at most its own limit: 100 from plugin 2.4, 50 before; at most "
+                         "10 of them carrying a password); 1: one upsert per request.",
     "worker.batch_linger_s": "Longest wait of an upsert for running jobs still on their way to theirs; "
                              "a lone job never waits.",
     "worker.batch_hold_s": "While the intake keeps answering deliveries, the longest wait of a batch "

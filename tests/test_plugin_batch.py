@@ -80,7 +80,7 @@ async def test_each_item_gets_its_own_answer_and_the_good_ones_are_applied(site,
         UpsertRequest(email=(promoted := new_email("promoted")), role="administrator"),
     ]
     async with client_for(site, people["bridge"], transport) as wp:
-        assert batch_limit(await wp.status()) == 50
+        assert batch_limit(await wp.status()) == 100
         created, updated, skipped, protected, invalid, demoted = await wp.upsert_batch(requests)
 
     assert isinstance(created, UpsertResult) and created.outcome == "created"
@@ -281,8 +281,10 @@ async def test_the_plugins_routes_are_served_without_registering_the_core_routes
 
 async def test_a_batch_larger_than_the_stated_limit_is_refused_as_a_whole(site, people):
     """More users than status's batch.max_items: 400 wpsb_invalid_args, nothing created."""
-    emails = [new_email("big") for _ in range(51)]
     async with client_for(site, people["bridge"], "rest") as wp:
+        limit = (await wp.status())["batch"]["max_items"]
+        assert limit == 100
+        emails = [new_email("big") for _ in range(limit + 1)]
         with pytest.raises(Permanent) as err:
             await wp.upsert_batch([UpsertRequest(email=e) for e in emails])
     assert err.value.code == "wpsb_invalid_args" and err.value.status == 400

@@ -2,7 +2,7 @@
 /**
  * Plugin Name: WP Sync Bridge companion
  * Description: User find-or-create for the wp-sync-bridge daemon, over REST (wp-sync-bridge/v1) and XML-RPC (wpsb.*). Serialises account creation per email so concurrent webhooks never create duplicate users; never modifies a privileged user, never grants a privileged role, never touches protected meta.
- * Version: 2.3.0
+ * Version: 2.4.0
  * Requires at least: 6.0
  * Requires PHP: 7.4
  *
@@ -21,7 +21,7 @@
 
 defined( 'ABSPATH' ) || exit;
 
-define( 'WPSB_PLUGIN_VERSION', '2.3.0' );
+define( 'WPSB_PLUGIN_VERSION', '2.4.0' );
 // 2: privileged users skipped, protected meta and role grants refused (wordpress/SECURITY.md).
 define( 'WPSB_API_VERSION', 2 );
 define( 'WPSB_REST_NAMESPACE', 'wp-sync-bridge/v1' );
@@ -29,7 +29,7 @@ define( 'WPSB_REQUEST_ID_META', '_wpsb_request_id' );
 define( 'WPSB_LOCK_TIMEOUT_S', 10 );
 define( 'WPSB_SCHEMA_VERSION', 1 );
 // Users per batch upsert request: most of the gain is reached by 10, none is left beyond 50.
-define( 'WPSB_BATCH_MAX_ITEMS', 50 );
+define( 'WPSB_BATCH_MAX_ITEMS', 100 );
 // Optional capabilities, advertised in status (a bridge that knows none of them still works).
 define( 'WPSB_FEATURES', array( 'upsert_batch' ) );
 
