@@ -62,6 +62,7 @@ PARTIAL_HOLD_MAX_S = 1.0
 # it, which from WordPress 6.8 on is bcrypt (cost 10 ~65 ms here, cost 12 under PHP 8.4 ~300 ms:
 # ../shared/reference/wordpress-throughput.md). 10 of them keep a request near 3 s at worst, within
 # wordpress.timeout_s (15 s by default), however full the batch; the others go in the next one.
+# Plugin 2.4.0 refuses more (status's batch.max_passwords, 10).
 PASSWORD_ITEMS_MAX = 10
 # The intake counts as busy this long after it answered its last delivery: a sender keeping
 # requests in flight sends its next one well within it (0.1-0.5 ms here), and a pause this long

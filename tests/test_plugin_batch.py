@@ -291,6 +291,28 @@ async def test_a_batch_larger_than_the_stated_limit_is_refused_as_a_whole(site, 
     assert not any(site.users_with_email(e) for e in emails[:3])
 
 
+@pytest.mark.parametrize("transport", ["rest", "xmlrpc"])
+async def test_a_batch_with_more_passwords_than_the_stated_limit_is_refused_as_a_whole(site, people, transport):
+    """More items carrying a password than status's batch.max_passwords (each costs a hash inside
+    the batch's transaction): 400 wpsb_invalid_args naming users, no password in it, nothing
+    created; at the limit, with items without a password beside them, every item is applied."""
+    async with client_for(site, people["bridge"], transport) as wp:
+        limit = (await wp.status())["batch"]["max_passwords"]
+        assert limit == 10
+        over = [new_email("pw") for _ in range(limit + 1)]
+        secrets = [f"Batch-pw-{uuid.uuid4().hex}" for _ in over]
+        with pytest.raises(Permanent) as err:
+            await wp.upsert_batch([UpsertRequest(email=e, password=p) for e, p in zip(over, secrets)])
+        assert err.value.code == "wpsb_invalid_args" and err.value.status == 400
+        assert "password" in str(err.value) and not any(p in str(err.value) for p in secrets)
+        assert not any(site.users_with_email(e) for e in over)
+        at_limit = [UpsertRequest(email=e, password=p) for e, p in zip(over[:limit], secrets)]
+        plain = [UpsertRequest(email=new_email("nopw")) for _ in range(3)]
+        results = await wp.upsert_batch(at_limit + plain)
+    assert [r.outcome for r in results] == ["created"] * (limit + 3)
+    assert all(site.users_with_email(r.email) for r in at_limit + plain)
+
+
 @pytest.fixture(scope="module")
 def query_counts(site):
     """``wpsb-query-count.php`` on the test site: queries (and meta reads) per user, by phase."""
