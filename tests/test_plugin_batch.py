@@ -292,7 +292,8 @@ async def test_a_batch_larger_than_the_stated_limit_is_refused_as_a_whole(site, 
 
 
 @pytest.mark.parametrize("transport", ["rest", "xmlrpc"])
-async def test_a_batch_with_more_passwords_than_the_stated_limit_is_refused_as_a_whole(site, people, transport):
+async def test_a_batch_with_more_passwords_than_the_stated_limit_is_refused_as_a_whole(site, people,
+                                                                                      transport):
     """More items carrying a password than status's batch.max_passwords (each costs a hash inside
     the batch's transaction): 400 wpsb_invalid_args naming users, no password in it, nothing
     created; at the limit, with items without a password beside them, every item is applied."""

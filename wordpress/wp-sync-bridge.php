@@ -2960,7 +2960,8 @@ function wpsb_op_upsert_users( array $args ) {
 	}
 	$passwords = 0;
 	foreach ( $users as $user ) {
-		$passwords += is_array( $user ) && is_string( $user['password'] ?? null ) && '' !== trim( $user['password'] );
+		$password   = is_array( $user ) ? ( $user['password'] ?? null ) : null;
+		$passwords += is_string( $password ) && '' !== trim( $password );
 	}
 	if ( $passwords > WPSB_BATCH_MAX_PASSWORDS ) {
 		return wpsb_invalid_arg(
