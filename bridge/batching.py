@@ -114,22 +114,22 @@ class UpsertBatcher:
 
     ``wordpress``: the current client (a reload may replace it). ``waiting_jobs``: how many
     running jobs have not reached their upsert yet (a hint: only decides whether to linger).
-    ``more_coming``: whether more upserts are on their way (the intake is busy); a batch that is
-    not full is held behind another one in flight only while it says so. ``wake()`` when it changes.
+    ``intake_busy``: whether this bridge's intake is answering deliveries (``Traffic.busy``), i.e.
+    more upserts are on their way; ``wake()`` when it changes. A batch that is not full is held
+    behind another one in flight only while it says so (always, without it), and waits to fill
+    while it says so, at most ``busy_hold_s`` (never, without it).
     """
 
     def __init__(self, wordpress: Callable[[], WordPress], size: int, linger_s: float, max_in_flight: int,
                  waiting_jobs: Callable[[], int] = lambda: 0,
-                 more_coming: Callable[[], bool] = lambda: True,
                  on_batch: Callable[[int], None] = lambda n: None,
                  monotonic: Callable[[], float] = time.monotonic,
-                 intake_busy: Callable[[], bool] = lambda: False, busy_hold_s: float = 0.0) -> None:
+                 intake_busy: Callable[[], bool] | None = None, busy_hold_s: float = 0.0) -> None:
         self._wordpress = wordpress
         self._size = size
         self._linger_s = linger_s
         self._slots = asyncio.Semaphore(max_in_flight)
         self._waiting_jobs = waiting_jobs
-        self._more_coming = more_coming
         self._intake_busy = intake_busy
         self._busy_hold_s = busy_hold_s
         self._on_batch = on_batch
@@ -215,7 +215,7 @@ class UpsertBatcher:
                 self._tasks.spawn(self._flush(), "batching.flush")
 
     def wake(self) -> None:
-        """Look again at what is pending (``more_coming`` may have changed)."""
+        """Look again at what is pending (``intake_busy`` may have changed)."""
         self._arrived.set()
 
     async def _hold_partial(self) -> None:
@@ -223,11 +223,12 @@ class UpsertBatcher:
         its answer or a full batch, at most PARTIAL_HOLD_MAX_S. Then, while the intake keeps
         answering deliveries, wait for a full batch at most ``busy_hold_s`` more, unless this
         upsert is alone with nothing in flight (the first of a burst, or a lone delivery)."""
+        busy = self._intake_busy
         await self._wait_while(lambda: (self._partial_in_flight and len(self._pending) < self.batch_size
-                                        and (self._more_coming() or self._waiting_jobs() > 0)),
+                                        and (busy is None or busy() or self._waiting_jobs() > 0)),
                                PARTIAL_HOLD_MAX_S)
-        if self._busy_hold_s > 0:
-            await self._wait_while(lambda: (len(self._pending) < self.batch_size and self._intake_busy()
+        if busy is not None and self._busy_hold_s > 0:
+            await self._wait_while(lambda: (len(self._pending) < self.batch_size and busy()
                                             and (self._in_flight > 0 or len(self._pending) > 1)),
                                    self._busy_hold_s)
 

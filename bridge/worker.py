@@ -73,10 +73,8 @@ class Worker:
         self.batcher = ctx.batcher = UpsertBatcher(
             lambda: ctx.wordpress, self.cfg.batch_size, self.cfg.batch_linger_s, self.cfg.concurrency,
             waiting_jobs=lambda: len(self._running) - self.batcher.submitted,
-            more_coming=traffic.busy if traffic is not None else (lambda: True),
             on_batch=metrics.wordpress_batch,
-            intake_busy=traffic.busy if traffic is not None else (lambda: False),
-            busy_hold_s=self.cfg.batch_hold_s)
+            intake_busy=traffic.busy if traffic is not None else None, busy_hold_s=self.cfg.batch_hold_s)
         if traffic is not None:
             traffic.on_idle(self.batcher.wake)
 
