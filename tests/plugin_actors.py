@@ -30,6 +30,7 @@ HIDDEN_ROLE_PLUGIN = ROOT / "wordpress" / "test-support" / "wpsb-test-hidden-rol
 FAULT_PLUGIN = ROOT / "wordpress" / "test-support" / "wpsb-test-db-fault.php"
 JOURNAL_PLUGIN = ROOT / "wordpress" / "test-support" / "wpsb-test-meta-journal.php"
 OWN_HASHER_PLUGIN = ROOT / "wordpress" / "test-support" / "wpsb-test-own-hasher.php"
+RUNTIME_GRANT_PLUGIN = ROOT / "wordpress" / "test-support" / "wpsb-test-runtime-grant.php"
 CONTACT_KEY = "customerly_contact_id"
 TAGS_KEY = "customerly_tags"
 BRIDGE_CAPS = {"read", "list_users", "create_users", "edit_users", "promote_users"}
@@ -129,7 +130,8 @@ class Site:
             if contact_id:
                 meta[CONTACT_KEY] = contact_id
             ops.append({"op": "user", "login": login, "email": email, "password": password, "role": role,
-                        "caps": list(options.get("caps", ())), "meta": meta,
+                        "caps": list(options.get("caps", ())), "denied_caps": list(options.get("denied_caps", ())),
+                        "meta": meta,
                         "app_password": bool(options.get("app_password"))})
             planned.append((login, email, password, contact_id))
         made = self.setup(ops)
@@ -175,6 +177,20 @@ def own_hasher(site: Site) -> Iterator[None]:
         yield
     finally:
         link.unlink()
+
+
+@contextlib.contextmanager
+def runtime_grant(site: Site, users: list[Actor]) -> Iterator[None]:
+    """While the block runs, wpsb-test-runtime-grant.php grants ``users`` edit_users at run time
+    (a user_has_cap filter), whatever their stored capabilities."""
+    link = site.site_dir / "wp-content" / "mu-plugins" / RUNTIME_GRANT_PLUGIN.name
+    site.setup([{"op": "option", "name": "wpsb_test_runtime_grants", "value": [u.id for u in users]}])
+    os.symlink(RUNTIME_GRANT_PLUGIN, link)
+    try:
+        yield
+    finally:
+        link.unlink()
+        site.setup([{"op": "option", "name": "wpsb_test_runtime_grants", "value": None}])
 
 
 def link_journal_plugin(site: Site) -> None:

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from bridge.clients.wordpress import UpsertRequest
-from tests.plugin_actors import CONTACT_KEY, TAGS_KEY, client_for, make_site, role
+from tests.plugin_actors import CONTACT_KEY, TAGS_KEY, client_for, make_site, role, runtime_grant
 
 pytestmark = pytest.mark.wordpress
 
@@ -136,3 +136,47 @@ async def test_a_new_login_is_never_another_accounts_email(site, people, transpo
     async with client_for(site, people["bridge"], transport) as wp:
         result = await wp.upsert(UpsertRequest(email=f"x{uuid.uuid4().hex[:8]}@example.com", login=boss.email))
     assert result.created and result.login != boss.email and result.login.startswith(boss.email)
+
+
+@pytest.mark.parametrize("transport", ["rest", "xmlrpc"])
+async def test_one_batch_tells_apart_users_whose_capabilities_differ_in_any_way(site, people, transport):
+    """In one batch, subscribers are updated and the users beside them that are privileged some other
+    way are skipped: a capability granted directly, a privileged role stored as not granted (core
+    still lends its capabilities), an editor. The plugin answers the privilege question once per
+    kind of user in a batch (WPSB_Privilege::privileged_here); no kind may take another's answer."""
+    plain = site.new_users([(f"plain{i}", "subscriber", {}) for i in range(3)])
+    direct, lent, editor = site.new_users([
+        ("directcap", "subscriber", {"caps": ("promote_users",)}),
+        ("lentrole", "subscriber", {"denied_caps": (role("shop"),)}),
+        ("batcheditor", "editor", {}),
+    ])
+    order = [plain[0], direct, plain[1], lent, editor, plain[2]]
+    before = {u.id: site.user_state(u.id) for u in (direct, lent, editor)}
+    async with client_for(site, people["bridge"], transport) as wp:
+        results = await wp.upsert_batch([UpsertRequest(email=u.email, first_name="Batched") for u in order])
+    outcomes = {u.id: r.outcome for u, r in zip(order, results)}
+    assert outcomes == {plain[0].id: "updated", direct.id: "skipped_privileged", plain[1].id: "updated",
+                        lent.id: "skipped_privileged", editor.id: "skipped_privileged", plain[2].id: "updated"}
+    for user_id, state in before.items():
+        assert site.user_state(user_id) == state
+
+
+@pytest.mark.parametrize("transport", ["rest", "xmlrpc"])
+async def test_a_capability_granted_at_run_time_protects_the_user_in_a_batch_too(site, people, transport):
+    """A user_has_cap filter granting edit_users to two of four subscribers: in one batch those two
+    are skipped, though their stored capabilities are the same as the others'; once the filter is
+    gone, they are updated like the rest."""
+    users = site.new_users([(f"granted{i}", "subscriber", {}) for i in range(4)])
+    granted = [users[1], users[3]]
+    before = {u.id: site.user_state(u.id) for u in granted}
+    with runtime_grant(site, granted):
+        async with client_for(site, people["bridge"], transport) as wp:
+            results = await wp.upsert_batch([UpsertRequest(email=u.email, last_name="Granted") for u in users])
+            single = await wp.upsert(UpsertRequest(email=users[3].email, last_name="Granted"))
+    assert [r.outcome for r in results] == ["updated", "skipped_privileged", "updated", "skipped_privileged"]
+    assert single.outcome == "skipped_privileged"
+    for user_id, state in before.items():
+        assert site.user_state(user_id) == state
+    async with client_for(site, people["bridge"], transport) as wp:
+        results = await wp.upsert_batch([UpsertRequest(email=u.email, last_name="Granted") for u in users])
+    assert [r.outcome for r in results] == ["unchanged", "updated", "unchanged", "updated"]

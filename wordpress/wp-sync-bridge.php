@@ -2,7 +2,7 @@
 /**
  * Plugin Name: WP Sync Bridge companion
  * Description: User find-or-create for the wp-sync-bridge daemon, over REST (wp-sync-bridge/v1) and XML-RPC (wpsb.*). Serialises account creation per email so concurrent webhooks never create duplicate users; never modifies a privileged user, never grants a privileged role, never touches protected meta.
- * Version: 2.4.0
+ * Version: 2.5.0
  * Requires at least: 6.0
  * Requires PHP: 7.4
  *
@@ -21,7 +21,7 @@
 
 defined( 'ABSPATH' ) || exit;
 
-define( 'WPSB_PLUGIN_VERSION', '2.4.0' );
+define( 'WPSB_PLUGIN_VERSION', '2.5.0' );
 // 2: privileged users skipped, protected meta and role grants refused (wordpress/SECURITY.md).
 define( 'WPSB_API_VERSION', 2 );
 define( 'WPSB_REST_NAMESPACE', 'wp-sync-bridge/v1' );
@@ -245,7 +245,7 @@ final class WPSB_Privilege {
 		if ( ! $user->exists() ) {
 			return false;
 		}
-		if ( self::privileged_on_site( $user ) ) {
+		if ( self::privileged_here( $user ) ) {
 			return true;
 		}
 		if ( is_multisite() ) {
@@ -283,6 +283,73 @@ final class WPSB_Privilege {
 			}
 		}
 		return $out;
+	}
+
+	/** @var array<string, bool> privileged_on_site() answers, by everything they depend on. */
+	private static $answers = array();
+
+	/** Callbacks WordPress core itself hooks on user_has_cap (6.1 to 6.8). */
+	const CORE_HAS_CAP_FILTERS = array(
+		'wp_maybe_grant_install_languages_cap',
+		'wp_maybe_grant_resume_extensions_caps',
+		'wp_maybe_grant_site_health_caps',
+	);
+
+	/**
+	 * privileged_on_site(), answered once per request for users whose capabilities are alike (a
+	 * batch of subscribers asks it once, not once per user: 30 user_can() calls each).
+	 *
+	 * The answer is kept only where it is a function of what the key holds: a single site (on a
+	 * network, super admins and other sites count), and no user_has_cap or map_meta_cap callback
+	 * but core's own and this plugin's, which read nothing but the capability maps. Then it
+	 * depends on the user's own capabilities (caps), the merged map WordPress built for the
+	 * object (allcaps), the definitions of the user's roles and the managed roles, all in the
+	 * key; whatever changes one of them changes the key. Any other callback (another plugin's,
+	 * which may look at anything) and every user is asked in full.
+	 *
+	 * @param WP_User $user User (of the current site).
+	 * @return bool
+	 */
+	private static function privileged_here( WP_User $user ) {
+		if ( is_multisite() || ! self::only_known_cap_filters() ) {
+			return self::privileged_on_site( $user );
+		}
+		$roles = array();
+		foreach ( array_keys( (array) $user->caps ) as $key ) {
+			$role            = wp_roles()->get_role( $key );
+			$roles[ $key ] = $role ? (array) $role->capabilities : null;
+		}
+		$key = md5( serialize( array( (array) $user->caps, (array) $user->allcaps, $roles, self::managed_roles() ) ) ); // phpcs:ignore WordPress.PHP.DiscouragedPHPFunctions.serialize_serialize
+		if ( ! isset( self::$answers[ $key ] ) ) {
+			self::$answers[ $key ] = self::privileged_on_site( $user );
+		}
+		return self::$answers[ $key ];
+	}
+
+	/**
+	 * Whether user_has_cap and map_meta_cap carry only core's callbacks and this plugin's.
+	 *
+	 * @return bool
+	 */
+	private static function only_known_cap_filters() {
+		global $wp_filter;
+		$known = array(
+			'user_has_cap' => self::CORE_HAS_CAP_FILTERS,
+			'map_meta_cap' => array( 'WPSB_Bridge_Role::filter_meta_cap' ),
+		);
+		foreach ( $known as $hook => $callbacks ) {
+			if ( ! isset( $wp_filter[ $hook ] ) ) {
+				continue;
+			}
+			foreach ( $wp_filter[ $hook ]->callbacks as $at_priority ) {
+				foreach ( array_keys( $at_priority ) as $id ) {
+					if ( ! in_array( $id, $callbacks, true ) ) {
+						return false;
+					}
+				}
+			}
+		}
+		return true;
 	}
 
 	/**
@@ -983,7 +1050,11 @@ function wpsb_is_contact_key( $key ) {
  * @return bool
  */
 function wpsb_contact_index_ready() {
-	return (int) get_option( 'wpsb_schema_version', 0 ) >= WPSB_SCHEMA_VERSION;
+	static $ready = false; // Once there, it stays (the table is only dropped on uninstall).
+	if ( ! $ready ) {
+		$ready = (int) get_option( 'wpsb_schema_version', 0 ) >= WPSB_SCHEMA_VERSION;
+	}
+	return $ready;
 }
 
 /**

@@ -67,6 +67,9 @@ function wpsb_test_setup_run( array $op ) {
 			foreach ( $op['caps'] ?? array() as $cap ) {
 				$user->add_cap( $cap );
 			}
+			foreach ( $op['denied_caps'] ?? array() as $cap ) {
+				$user->add_cap( $cap, false ); // A role named here still lends its capabilities (core).
+			}
 			foreach ( $op['meta'] ?? array() as $key => $value ) {
 				update_user_meta( $id, $key, wp_slash( $value ) );
 			}
