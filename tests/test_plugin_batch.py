@@ -364,3 +364,73 @@ def test_a_batch_finds_its_users_in_queries_that_do_not_grow_with_it(site, query
     five = query_counts["batch_unchanged_cold"]["queries_per_user"] * 5
     # (queries_per_user is rounded to 0.1: a few queries either way; two per user would be +30.)
     assert twenty <= five + 3, (twenty, five)
+
+
+async def test_a_batch_finds_the_users_a_lone_lookup_finds_however_emails_and_contact_ids_are_spelled(site, people):
+    """A batch finds its users with a few queries for all of its items (WPSB_Batch_Prime); each
+    item must still get the user its own lookup query finds alone. Spellings where a collation
+    and a byte-exact comparison part ways: two accounts whose emails differ only in case (the lower
+    ID wins), two items whose emails are the same lower-cased (the second is left to its own
+    query), contact IDs that differ by trailing spaces (equal in the index's utf8mb4_bin, the lower
+    ID wins) or by case (not equal), and an email nobody has. Every answer is the lone lookup's,
+    and the expected user."""
+    tag = uuid.uuid4().hex[:6]
+    low, high, plain, pad, exact, upper = site.new_users([(f"spell{i}", "subscriber", {"contact": False})
+                                                          for i in range(6)])
+    site.sql(f"UPDATE wp_users SET user_email = 'Mix-{tag}@Example.com' WHERE ID = {low.id}")
+    site.sql(f"UPDATE wp_users SET user_email = 'MIX-{tag}@example.com' WHERE ID = {high.id}")
+    site.sql(f"UPDATE wp_users SET user_email = 'jose-{tag}@example.com' WHERE ID = {plain.id}")
+    cid = f"cid-{tag}"
+    site.setup([{"op": "user_meta", "id": pad.id, "key": CONTACT_KEY, "value": cid + "  "},
+                {"op": "user_meta", "id": exact.id, "key": CONTACT_KEY, "value": cid},
+                {"op": "user_meta", "id": upper.id, "key": CONTACT_KEY, "value": cid.upper()}])
+    items = [
+        UpsertRequest(email=f"nobody-{tag}@example.com", create=False),
+        UpsertRequest(email=f"mix-{tag}@example.com", create=False),
+        UpsertRequest(email=f"jose-{tag}@example.com", create=False),
+        UpsertRequest(email=f"MIX-{tag}@EXAMPLE.COM", create=False),  # the same lower-cased as the second
+        UpsertRequest(email=pad.email, contact_id=cid, contact_id_key=CONTACT_KEY, create=False),
+        UpsertRequest(email=pad.email, contact_id=cid + " ", contact_id_key=CONTACT_KEY, create=False),
+        UpsertRequest(email=upper.email, contact_id=cid.upper(), contact_id_key=CONTACT_KEY, create=False),
+    ]
+    async with client_for(site, people["bridge"], "rest") as wp:
+        alone, results = await found_alone_and_in_a_batch(wp, items)
+    assert alone == [None, low.id, plain.id, low.id, pad.id, pad.id, upper.id]
+    assert [getattr(r, "user_id", r) or None for r in results] == alone, results
+    assert results[0].outcome == "no_user" and all(r.outcome in ("unchanged", "updated") for r in results[1:])
+
+
+async def test_on_a_case_sensitive_user_email_column_a_batch_finds_what_a_lone_lookup_finds(site, people):
+    """A site whose user_email column compares case-sensitively (utf8mb4_bin): there an email is
+    the same as another once lower-cased without being equal in the column's collation, and the
+    lookup query matches neither way but both. Two accounts differing only in case, looked up in
+    a third spelling and in each one's own: each item gets the lone lookup's answer (nobody for
+    the third spelling; each account for its own)."""
+    tag = uuid.uuid4().hex[:6]
+    first, second = site.new_users([(f"cs{i}", "subscriber", {"contact": False}) for i in range(2)])
+    [column] = site.sql("SELECT CONCAT(COLUMN_TYPE, ' CHARACTER SET ', CHARACTER_SET_NAME, ' COLLATE ', "
+                        "COLLATION_NAME) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                        "AND TABLE_NAME = 'wp_users' AND COLUMN_NAME = 'user_email'")
+    column += " NOT NULL DEFAULT ''"  # as WordPress makes it (wp-admin/includes/schema.php)
+    site.sql("ALTER TABLE wp_users MODIFY user_email varchar(100) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin "
+             "NOT NULL DEFAULT ''")
+    try:
+        site.sql(f"UPDATE wp_users SET user_email = 'Case-{tag}@example.com' WHERE ID = {first.id}")
+        site.sql(f"UPDATE wp_users SET user_email = 'CASE-{tag}@example.com' WHERE ID = {second.id}")
+        items = [UpsertRequest(email=e, create=False) for e in
+                 (f"case-{tag}@example.com", f"CASE-{tag}@example.com", f"Case-{tag}@example.com")]
+        async with client_for(site, people["bridge"], "rest") as wp:
+            alone, results = await found_alone_and_in_a_batch(wp, items)
+    finally:
+        site.sql(f"ALTER TABLE wp_users MODIFY user_email {column}")
+    assert alone == [None, second.id, first.id]
+    assert [getattr(r, "user_id", r) or None for r in results] == alone, results
+
+
+async def found_alone_and_in_a_batch(wp, items: list[UpsertRequest]) -> tuple[list[int | None], list]:
+    """The user ID each item's lone lookup finds (None: nobody), then the batch's answers."""
+    alone = []
+    for item in items:
+        found = await wp.lookup(email=item.email, contact_id=item.contact_id, contact_id_key=item.contact_id_key)
+        alone.append(found["id"] if found else None)
+    return alone, await wp.upsert_batch(items)

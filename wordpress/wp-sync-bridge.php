@@ -968,7 +968,7 @@ function wpsb_find_user_id_by_meta( $key, $value ) {
  */
 function wpsb_user_id_by_meta_sql( $key, $value ) {
 	global $wpdb;
-	if ( wpsb_contact_index_ready() && wpsb_is_contact_key( $key ) && mb_strlen( $value ) <= 191 ) {
+	if ( wpsb_contact_indexed( $key, $value ) ) {
 		$table = wpsb_contacts_table();
 		return $wpdb->prepare(
 			"SELECT MIN(c.user_id) FROM {$table} c JOIN {$wpdb->users} u ON u.ID = c.user_id WHERE c.meta_key = %s AND c.contact_id = %s",
@@ -1042,6 +1042,17 @@ function wpsb_contacts_table() {
  */
 function wpsb_is_contact_key( $key ) {
 	return is_string( $key ) && strlen( $key ) <= 191 && '_contact_id' === substr( $key, -11 );
+}
+
+/**
+ * Whether the lookup of this contact ID goes through the contact index.
+ *
+ * @param string $key   Meta key.
+ * @param string $value Contact ID.
+ * @return bool
+ */
+function wpsb_contact_indexed( $key, $value ) {
+	return wpsb_contact_index_ready() && wpsb_is_contact_key( $key ) && mb_strlen( $value ) <= 191;
 }
 
 /**
@@ -2574,25 +2585,28 @@ final class WPSB_Batch_Prime {
 		if ( is_multisite() || count( $pending ) < 2 ) {
 			return;
 		}
-		$lookups = array();
+		$emails   = array(); // Lookup SQL => email.
+		$contacts = array(); // Lookup SQL => array( meta key, contact ID ), through the index.
+		$others   = array(); // Lookup SQL, run as it is.
 		foreach ( $pending as $a ) {
 			if ( null !== $a['contact_id'] && '' !== $a['contact_id'] && null !== $a['contact_id_key'] ) {
-				$lookups[] = wpsb_user_id_by_meta_sql( $a['contact_id_key'], $a['contact_id'] );
+				$sql = wpsb_user_id_by_meta_sql( $a['contact_id_key'], $a['contact_id'] );
+				if ( wpsb_contact_indexed( $a['contact_id_key'], $a['contact_id'] )
+					&& self::plain_utf8( $a['contact_id_key'] ) && self::plain_utf8( $a['contact_id'] ) ) {
+					$contacts[ $sql ] = array( $a['contact_id_key'], $a['contact_id'] );
+				} else {
+					$others[] = $sql;
+				}
 			}
-			$lookups[] = wpsb_user_id_by_email_sql( $a['email'] );
-		}
-		$lookups = array_values( array_unique( array_filter( $lookups ) ) );
-		$parts   = array();
-		foreach ( $lookups as $k => $sql ) {
-			$parts[] = "SELECT {$k} AS k, ({$sql}) AS id";
-		}
-		$found = array();
-		foreach ( (array) $wpdb->get_results( implode( ' UNION ALL ', $parts ) ) as $hit ) { // phpcs:ignore WordPress.DB.PreparedSQL.NotPrepared
-			if ( null !== $hit->id ) {
-				$found[ $lookups[ (int) $hit->k ] ] = (int) $hit->id;
+			$sql = wpsb_user_id_by_email_sql( $a['email'] );
+			if ( null !== $sql && self::plain_utf8( trim( $a['email'] ) ) ) {
+				$emails[ $sql ] = trim( $a['email'] );
+			} elseif ( null !== $sql ) {
+				$others[] = $sql;
 			}
 		}
-		$ids = array_values( array_unique( $found ) );
+		$found = self::found_by_email( $emails ) + self::found_by_contact( $contacts ) + self::found_as_is( $others );
+		$ids   = array_values( array_unique( $found ) );
 		if ( ! $ids ) {
 			return;
 		}
@@ -2614,6 +2628,149 @@ final class WPSB_Batch_Prime {
 		foreach ( self::META_WRITES as $hook ) {
 			add_action( $hook, array( __CLASS__, 'meta_written' ), PHP_INT_MIN, 2 );
 		}
+	}
+
+	/**
+	 * Whether a value is valid UTF-8 (the lookups below compare it in PHP or next to other values;
+	 * anything else is looked up by its own query, as a lone item does).
+	 *
+	 * @param string $value Value.
+	 * @return bool
+	 */
+	private static function plain_utf8( $value ) {
+		return is_string( $value ) && 1 === preg_match( '//u', $value );
+	}
+
+	/**
+	 * What wpsb_user_id_by_email_sql() finds for each email, in two queries for all of them,
+	 * where the answer is certain. That query matches a user when user_email equals the email in
+	 * the column's collation and, byte for byte, once both are lower-cased (LOWER() in the
+	 * database). The first query reads every user whose user_email equals one of the emails in
+	 * that collation, with FIELD(): the first email it equals, in the same collation; and the
+	 * user_email lower-cased. The second lower-cases the emails. A user matches the email FIELD()
+	 * names when the lower-cased forms are the same bytes; if its lower-cased form is also another
+	 * email's, whether it equals that one in the collation is not known here, and that email is
+	 * left to its own query. So each answer given is the query's own: MIN(ID) of the users that
+	 * match.
+	 *
+	 * @param array<string, string> $emails Lookup SQL => email (trimmed, valid UTF-8).
+	 * @return array<string, int> Lookup SQL => user ID, for the emails a user certainly matches.
+	 */
+	private static function found_by_email( array $emails ) {
+		global $wpdb;
+		if ( ! $emails ) {
+			return array();
+		}
+		$values = array_values( array_unique( $emails ) );
+		$list   = implode( ', ', array_fill( 0, count( $values ), '%s' ) );
+		// phpcs:disable WordPress.DB.PreparedSQL.NotPrepared,WordPress.DB.PreparedSQL.InterpolatedNotPrepared -- placeholders only.
+		$lower = (array) $wpdb->get_row(
+			$wpdb->prepare( 'SELECT ' . implode( ', ', array_fill( 0, count( $values ), 'HEX(BINARY LOWER(%s))' ) ), $values ),
+			ARRAY_N
+		);
+		$rows  = (array) $wpdb->get_results(
+			$wpdb->prepare(
+				"SELECT ID, FIELD(user_email, {$list}) AS f, HEX(BINARY LOWER(user_email)) AS l FROM {$wpdb->users} WHERE user_email IN ({$list})",
+				array_merge( $values, $values )
+			)
+		);
+		// phpcs:enable
+		if ( count( $lower ) !== count( $values ) ) {
+			return array();
+		}
+		$by_lower = array();
+		foreach ( $lower as $i => $hex ) {
+			$by_lower[ (string) $hex ][] = $i;
+		}
+		$min     = array();
+		$unknown = array();
+		foreach ( $rows as $row ) {
+			$named = (int) $row->f - 1;
+			foreach ( $by_lower[ (string) $row->l ] ?? array() as $i ) {
+				if ( $i === $named ) {
+					$min[ $i ] = isset( $min[ $i ] ) ? min( $min[ $i ], (int) $row->ID ) : (int) $row->ID;
+				} else {
+					$unknown[ $i ] = true;
+				}
+			}
+		}
+		$position = array_flip( $values );
+		$found    = array();
+		foreach ( $emails as $sql => $email ) {
+			$i = $position[ $email ];
+			if ( isset( $min[ $i ] ) && ! isset( $unknown[ $i ] ) ) {
+				$found[ $sql ] = $min[ $i ];
+			}
+		}
+		return $found;
+	}
+
+	/**
+	 * What wpsb_user_id_by_meta_sql() finds through the contact index for each (meta key,
+	 * contact ID), in one query for all of them. The index compares in utf8mb4_bin, which pads
+	 * with spaces: two values are equal when they are the same once trailing spaces are dropped,
+	 * which is how the rows read are matched to the lookups here. MIN(user_id) of the rows whose
+	 * user exists, as that query answers.
+	 *
+	 * @param array<string, array> $contacts Lookup SQL => array( meta key, contact ID ).
+	 * @return array<string, int> Lookup SQL => user ID, for the lookups that find one.
+	 */
+	private static function found_by_contact( array $contacts ) {
+		global $wpdb;
+		if ( ! $contacts ) {
+			return array();
+		}
+		$keys  = array_values( array_unique( array_column( $contacts, 0 ) ) );
+		$ids   = array_values( array_unique( array_column( $contacts, 1 ) ) );
+		$table = wpsb_contacts_table();
+		// phpcs:disable WordPress.DB.PreparedSQL.NotPrepared,WordPress.DB.PreparedSQL.InterpolatedNotPrepared -- placeholders only.
+		$rows = (array) $wpdb->get_results(
+			$wpdb->prepare(
+				"SELECT c.meta_key, c.contact_id, c.user_id FROM {$table} c JOIN {$wpdb->users} u ON u.ID = c.user_id WHERE c.meta_key IN ("
+					. implode( ', ', array_fill( 0, count( $keys ), '%s' ) ) . ') AND c.contact_id IN ('
+					. implode( ', ', array_fill( 0, count( $ids ), '%s' ) ) . ')',
+				array_merge( $keys, $ids )
+			)
+		);
+		// phpcs:enable
+		$min = array();
+		foreach ( $rows as $row ) {
+			$pair         = rtrim( (string) $row->meta_key, ' ' ) . "\0" . rtrim( (string) $row->contact_id, ' ' );
+			$min[ $pair ] = isset( $min[ $pair ] ) ? min( $min[ $pair ], (int) $row->user_id ) : (int) $row->user_id;
+		}
+		$found = array();
+		foreach ( $contacts as $sql => $lookup ) {
+			$pair = rtrim( $lookup[0], ' ' ) . "\0" . rtrim( $lookup[1], ' ' );
+			if ( isset( $min[ $pair ] ) ) {
+				$found[ $sql ] = $min[ $pair ];
+			}
+		}
+		return $found;
+	}
+
+	/**
+	 * What each lookup query finds, run as it is, all in one UNION ALL.
+	 *
+	 * @param string[] $lookups Lookup SQL.
+	 * @return array<string, int> Lookup SQL => user ID, for the lookups that find one.
+	 */
+	private static function found_as_is( array $lookups ) {
+		global $wpdb;
+		$lookups = array_values( array_unique( $lookups ) );
+		if ( ! $lookups ) {
+			return array();
+		}
+		$parts = array();
+		foreach ( $lookups as $k => $sql ) {
+			$parts[] = "SELECT {$k} AS k, ({$sql}) AS id";
+		}
+		$found = array();
+		foreach ( (array) $wpdb->get_results( implode( ' UNION ALL ', $parts ) ) as $hit ) { // phpcs:ignore WordPress.DB.PreparedSQL.NotPrepared
+			if ( null !== $hit->id ) {
+				$found[ $lookups[ (int) $hit->k ] ] = (int) $hit->id;
+			}
+		}
+		return $found;
 	}
 
 	/**

@@ -82,6 +82,8 @@ function wpsb_test_setup_run( array $op ) {
 				$out['app_password'] = $created[0];
 			}
 			return $out;
+		case 'user_meta':
+			return (bool) update_user_meta( (int) $op['id'], $op['key'], wp_slash( $op['value'] ) );
 		case 'option':
 			if ( null === $op['value'] ) {
 				delete_option( $op['name'] );
