@@ -130,8 +130,8 @@ class Site:
             if contact_id:
                 meta[CONTACT_KEY] = contact_id
             ops.append({"op": "user", "login": login, "email": email, "password": password, "role": role,
-                        "caps": list(options.get("caps", ())), "denied_caps": list(options.get("denied_caps", ())),
-                        "meta": meta,
+                        "caps": list(options.get("caps", ())),
+                        "denied_caps": list(options.get("denied_caps", ())), "meta": meta,
                         "app_password": bool(options.get("app_password"))})
             planned.append((login, email, password, contact_id))
         made = self.setup(ops)

@@ -147,6 +147,7 @@ async def test_after_a_rollback_existing_users_are_read_again_not_from_the_rolle
     user from the database: each change applied once, no meta key doubled, no write taken for done
     because the rolled-back cache had it."""
     first, second = new_email("rolled"), new_email("rolled")
+    contact = f"rolled-{uuid.uuid4().hex[:8]}"  # of this run: a rerun on the same site links its own
     async with bridge_batches(site, people) as batch:
         made = await batch([{"email": e, "last_name": "Before", "meta": {"fault_probe": "ok", "city": "Oslo"}}
                             for e in (first, second)])
@@ -156,12 +157,12 @@ async def test_after_a_rollback_existing_users_are_read_again_not_from_the_rolle
             # The error inside wp_update_user(): what it does next (its cache clean-up, then the
             # re-read of the user) runs against refused queries.
             {"email": first, "last_name": "db-error", "meta": {"city": "Paris"},
-             "contact_id": "rolled-1", "contact_id_key": CONTACT_KEY},
+             "contact_id": contact, "contact_id_key": CONTACT_KEY},
         ])
     assert answer["mode"] == "per_item"
     assert [r["outcome"] for r in answer["results"]] == ["updated", "updated"]
     for email, expected in ((first, {"last_name": "db-error", "fault_probe": "ok", "city": "Paris",
-                                     CONTACT_KEY: "rolled-1"}),
+                                     CONTACT_KEY: contact}),
                             (second, {"last_name": "Second", "fault_probe": "ok", "city": "Rome"})):
         [user_id] = site.users_with_email(email)
         rows = [line.split("\t", 1) for line in site.sql(
@@ -366,7 +367,8 @@ def test_a_batch_finds_its_users_in_queries_that_do_not_grow_with_it(site, query
     assert twenty <= five + 3, (twenty, five)
 
 
-async def test_a_batch_finds_the_users_a_lone_lookup_finds_however_emails_and_contact_ids_are_spelled(site, people):
+async def test_a_batch_finds_the_users_a_lone_lookup_finds_however_emails_and_contact_ids_are_spelled(
+        site, people):
     """A batch finds its users with a few queries for all of its items (WPSB_Batch_Prime); each
     item must still get the user its own lookup query finds alone. Spellings where a collation
     and a byte-exact comparison part ways: two accounts whose emails differ only in case (the lower
@@ -431,6 +433,7 @@ async def found_alone_and_in_a_batch(wp, items: list[UpsertRequest]) -> tuple[li
     """The user ID each item's lone lookup finds (None: nobody), then the batch's answers."""
     alone = []
     for item in items:
-        found = await wp.lookup(email=item.email, contact_id=item.contact_id, contact_id_key=item.contact_id_key)
+        found = await wp.lookup(email=item.email, contact_id=item.contact_id,
+                                contact_id_key=item.contact_id_key)
         alone.append(found["id"] if found else None)
     return alone, await wp.upsert_batch(items)

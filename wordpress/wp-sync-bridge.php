@@ -316,10 +316,12 @@ final class WPSB_Privilege {
 		}
 		$roles = array();
 		foreach ( array_keys( (array) $user->caps ) as $key ) {
-			$role            = wp_roles()->get_role( $key );
+			$role          = wp_roles()->get_role( $key );
 			$roles[ $key ] = $role ? (array) $role->capabilities : null;
 		}
-		$key = md5( serialize( array( (array) $user->caps, (array) $user->allcaps, $roles, self::managed_roles() ) ) ); // phpcs:ignore WordPress.PHP.DiscouragedPHPFunctions.serialize_serialize
+		$inputs = array( (array) $user->caps, (array) $user->allcaps, $roles, self::managed_roles() );
+		// phpcs:ignore WordPress.PHP.DiscouragedPHPFunctions.serialize_serialize
+		$key = md5( serialize( $inputs ) );
 		if ( ! isset( self::$answers[ $key ] ) ) {
 			self::$answers[ $key ] = self::privileged_on_site( $user );
 		}
@@ -2605,7 +2607,8 @@ final class WPSB_Batch_Prime {
 				$others[] = $sql;
 			}
 		}
-		$found = self::found_by_email( $emails ) + self::found_by_contact( $contacts ) + self::found_as_is( $others );
+		$found = self::found_by_email( $emails ) + self::found_by_contact( $contacts )
+			+ self::found_as_is( $others );
 		$ids   = array_values( array_unique( $found ) );
 		if ( ! $ids ) {
 			return;
@@ -2663,14 +2666,13 @@ final class WPSB_Batch_Prime {
 		}
 		$values = array_values( array_unique( $emails ) );
 		$list   = implode( ', ', array_fill( 0, count( $values ), '%s' ) );
-		// phpcs:disable WordPress.DB.PreparedSQL.NotPrepared,WordPress.DB.PreparedSQL.InterpolatedNotPrepared -- placeholders only.
-		$lower = (array) $wpdb->get_row(
-			$wpdb->prepare( 'SELECT ' . implode( ', ', array_fill( 0, count( $values ), 'HEX(BINARY LOWER(%s))' ) ), $values ),
-			ARRAY_N
-		);
+		// phpcs:disable WordPress.DB.PreparedSQL -- placeholders only.
+		$lowers = implode( ', ', array_fill( 0, count( $values ), 'HEX(BINARY LOWER(%s))' ) );
+		$lower  = (array) $wpdb->get_row( $wpdb->prepare( "SELECT {$lowers}", $values ), ARRAY_N );
 		$rows  = (array) $wpdb->get_results(
 			$wpdb->prepare(
-				"SELECT ID, FIELD(user_email, {$list}) AS f, HEX(BINARY LOWER(user_email)) AS l FROM {$wpdb->users} WHERE user_email IN ({$list})",
+				"SELECT ID, FIELD(user_email, {$list}) AS f, HEX(BINARY LOWER(user_email)) AS l"
+					. " FROM {$wpdb->users} WHERE user_email IN ({$list})",
 				array_merge( $values, $values )
 			)
 		);
@@ -2723,10 +2725,11 @@ final class WPSB_Batch_Prime {
 		$keys  = array_values( array_unique( array_column( $contacts, 0 ) ) );
 		$ids   = array_values( array_unique( array_column( $contacts, 1 ) ) );
 		$table = wpsb_contacts_table();
-		// phpcs:disable WordPress.DB.PreparedSQL.NotPrepared,WordPress.DB.PreparedSQL.InterpolatedNotPrepared -- placeholders only.
+		// phpcs:disable WordPress.DB.PreparedSQL -- placeholders only.
 		$rows = (array) $wpdb->get_results(
 			$wpdb->prepare(
-				"SELECT c.meta_key, c.contact_id, c.user_id FROM {$table} c JOIN {$wpdb->users} u ON u.ID = c.user_id WHERE c.meta_key IN ("
+				"SELECT c.meta_key, c.contact_id, c.user_id FROM {$table} c"
+					. " JOIN {$wpdb->users} u ON u.ID = c.user_id WHERE c.meta_key IN ("
 					. implode( ', ', array_fill( 0, count( $keys ), '%s' ) ) . ') AND c.contact_id IN ('
 					. implode( ', ', array_fill( 0, count( $ids ), '%s' ) ) . ')',
 				array_merge( $keys, $ids )

@@ -1,8 +1,11 @@
 <?php
 /**
  * Plugin Name: WP Sync Bridge test: a capability granted at run time
- * Description: TEST SITES ONLY. A user_has_cap filter granting edit_users to the users whose IDs the option wpsb_test_runtime_grants lists, as membership plugins grant capabilities per user at run time, so the tests can show such a user counts as privileged however alike their stored capabilities are.
+ * Description: TEST SITES ONLY. edit_users granted at run time to the users wpsb_test_runtime_grants lists.
  * Version: 1.0.0
+ *
+ * As membership plugins grant capabilities per user at run time (user_has_cap): the tests show
+ * such a user counts as privileged however alike their stored capabilities are.
  *
  * Linked into the test site's wp-content/mu-plugins/ by tests/plugin_actors.py (runtime_grant())
  * while a test runs. Never install it on a real site.
