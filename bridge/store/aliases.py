@@ -118,6 +118,8 @@ def _enqueue_contact_locks(now: float, dedupe_key: str, window_s: float, connect
 
 
 enqueue_contact.lock_keys = _enqueue_contact_locks  # type: ignore[attr-defined]
+# Its commit is what a delivery's answer waits for: committed ahead of other writes (writer.answer_first).
+enqueue_contact.answers_sender = True  # type: ignore[attr-defined]
 
 
 def enqueue_contacts(conn: sqlite3.Connection, calls: list[tuple]) -> list[tuple[int, bool, str]]:

@@ -186,6 +186,7 @@ def lock_keys(fn: Callable[..., Any], args: tuple) -> list[str]:
 
 
 enqueue.lock_keys = _enqueue_locks  # type: ignore[attr-defined]
+enqueue.answers_sender = True  # type: ignore[attr-defined]  (writer.answer_first)
 
 
 def reject(conn: sqlite3.Connection, now: float, connection: str | None, status: int, reason: str,
