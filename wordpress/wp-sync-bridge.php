@@ -2669,7 +2669,10 @@ final class WPSB_Batch_Prime {
 		// phpcs:disable WordPress.DB.PreparedSQL -- placeholders only.
 		$lowers = implode( ', ', array_fill( 0, count( $values ), 'HEX(BINARY LOWER(%s))' ) );
 		$lower  = (array) $wpdb->get_row( $wpdb->prepare( "SELECT {$lowers}", $values ), ARRAY_N );
-		$rows  = (array) $wpdb->get_results(
+		if ( count( $lower ) !== count( $values ) ) {
+			return array(); // Not answered: every email runs its own query.
+		}
+		$rows = (array) $wpdb->get_results(
 			$wpdb->prepare(
 				"SELECT ID, FIELD(user_email, {$list}) AS f, HEX(BINARY LOWER(user_email)) AS l"
 					. " FROM {$wpdb->users} WHERE user_email IN ({$list})",
@@ -2677,9 +2680,6 @@ final class WPSB_Batch_Prime {
 			)
 		);
 		// phpcs:enable
-		if ( count( $lower ) !== count( $values ) ) {
-			return array();
-		}
 		$by_lower = array();
 		foreach ( $lower as $i => $hex ) {
 			$by_lower[ (string) $hex ][] = $i;

@@ -128,10 +128,11 @@ def answer_first(calls: list[tuple[int, Callable[..., Any], tuple]]
     flight at once, none waiting for another's answer, so any order of them is one they could have
     arrived in. Without this, a delivery's answer waited for the results of a whole WordPress batch
     (a hundred finished jobs, several ms) whenever they shared a read."""
-    urgent = [c for c in calls if getattr(c[1], "answers_sender", False)]
-    if not urgent or len(urgent) == len(calls):
-        return [calls]
-    return [urgent, [c for c in calls if not getattr(c[1], "answers_sender", False)]]
+    urgent: list[tuple[int, Callable[..., Any], tuple]] = []
+    rest: list[tuple[int, Callable[..., Any], tuple]] = []
+    for call in calls:
+        (urgent if getattr(call[1], "answers_sender", False) else rest).append(call)
+    return [urgent, rest] if urgent and rest else [calls]
 
 
 def _apply_isolated(conn: sqlite3.Connection,

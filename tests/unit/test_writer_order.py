@@ -30,7 +30,8 @@ async def test_a_deliverys_commit_is_answered_before_the_finished_jobs_sent_with
     store = JobStore.open(tmp_path / "order.db")
     try:
         queued = await asyncio.gather(*[
-            store.enqueue_contact(f"key-{i}", 60, "c", "update", None, f"u{i}@example.com", json.dumps({"i": i}))
+            store.enqueue_contact(f"key-{i}", 60, "c", "update", None, f"u{i}@example.com",
+                                  json.dumps({"i": i}))
             for i in range(100)])
         assert len(queued) == 100
         jobs = await store.claim(100, 60)
