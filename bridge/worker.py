@@ -60,6 +60,11 @@ class Worker:
         # WordPress unreachable: no claims until a probe gets through (see _dispatch_once).
         self.paused = False
         self._probe_failures = 0
+        # A claim that raised (the writer died, the database connection broke, the call was
+        # cancelled) may have committed with its answer lost: its jobs are running for nobody.
+        # Only the claim after such a one sends the jobs this process runs (``keep``), so that
+        # the store puts the others back; the rest skip that scan of the running jobs.
+        self._claim_unsure = False
         self._next_probe = 0.0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -136,11 +141,14 @@ class Worker:
             return
         free = self.slots - len(self._running)
         if free > 0:
+            keep = self.held_ids() if self._claim_unsure else None
+            self._claim_unsure = True
             try:
-                claimed = await self.store.claim(free, self.cfg.lease_s, keep=self.held_ids())
+                claimed = await self.store.claim(free, self.cfg.lease_s, keep=keep)
             except Exception:
                 self.metrics.claim_failed()
                 raise
+            self._claim_unsure = False
             for job in claimed:
                 self._running[job.id] = job
                 self._jobs.spawn(self._run(job), f"job.{job.id}")
