@@ -207,6 +207,7 @@ class Bridge:
         self._intake.connection_keys = {name: [k.get_secret_value() for k in conn.access_keys]
                                         for name, conn in s.connections.items()}
         self._intake.log = structlog.get_logger("bridge.intake").bind()  # bound loggers keep their level
+        self.worker.log = structlog.get_logger("bridge.worker").bind()
         ctx = self.worker.ctx
         for name in changes.connections_changed():
             ctx.crms[name] = CrmClient(name, s.connections[name], *self._crm_args, observer=self._crm_seen)

@@ -65,6 +65,9 @@ class Worker:
         # Only the claim after such a one sends the jobs this process runs (``keep``), so that
         # the store puts the others back; the rest skip that scan of the running jobs.
         self._claim_unsure = False
+        # Bound once (after logging is configured; again on reload, bridge.app), not per job
+        # through the lazy proxy, which builds a logger each time.
+        self.log = log.bind()
         self._next_probe = 0.0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -191,7 +194,7 @@ class Worker:
         return True
 
     async def _run(self, job: Job) -> None:
-        bound = log.bind(job_id=job.id, connection=job.connection, action=job.effective_action,
+        bound = self.log.bind(job_id=job.id, connection=job.connection, action=job.effective_action,
                          attempt=job.attempts)
         started = time.monotonic()
         error: Exception | None = None

@@ -1,10 +1,15 @@
 """The worker's claims on a real SQLite store: the jobs it runs (``keep``) go with a claim only after
-a claim that raised, whose answer may be lost with its jobs committed as running for nobody."""
+a claim that raised, whose answer may be lost with its jobs committed as running for nobody. And
+its job lines' logger, bound once, follows a reload's level."""
 
+import io
 import json
 
 import pytest
+import structlog
 
+from bridge.app import Bridge
+from bridge.logs import configure
 from bridge.metrics import Metrics
 from bridge.settings import load_settings
 from bridge.store.jobs import JobStore
@@ -49,3 +54,33 @@ async def test_after_a_claim_whose_answer_was_lost_the_next_puts_its_jobs_back(t
         assert (await store.get_job(job_id))["attempts"] == 2  # the job it runs stays its own
     finally:
         store.close()
+
+
+def _config(tmp_path, level: str) -> str:
+    return (f'log_level = "{level}"\n[server]\nport = 0\naccess_keys = ["reload-level-key-0001"]\n'
+            f'[database]\npath = "{tmp_path / "r.db"}"\n'
+            '[wordpress]\nurl = "http://127.0.0.1:9"\nusername = "bridge"\napplication_password = "x"\n')
+
+
+async def test_a_reload_sets_the_level_of_the_workers_job_lines(tmp_path):
+    """The worker's job lines come from a logger bound once (not per job): a SIGHUP's new level
+    reaches them, as it reaches the intake's."""
+    path = tmp_path / "bridge.toml"
+    path.write_text(_config(tmp_path, "info"))
+    stream = io.StringIO()
+    configure("info", "json", stream=stream)
+    bridge = Bridge(load_settings(path), config_path=path)
+    await bridge.start()
+    try:
+        bridge.worker.log.info("job.done", probe=1)
+        path.write_text(_config(tmp_path, "warning"))
+        assert await bridge.reload()
+        bridge.worker.log.info("job.done", probe=2)
+        bridge.worker.log.warning("job.retry_scheduled", probe=3)
+        bridge._intake.log.info("delivery.duplicate", probe=4)
+    finally:
+        await bridge.stop()
+        structlog.reset_defaults()
+        configure("info", "console")
+    probes = [e["probe"] for e in map(json.loads, stream.getvalue().splitlines()) if "probe" in e]
+    assert probes == [1, 3]
