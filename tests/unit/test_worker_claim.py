@@ -19,7 +19,8 @@ from bridge.worker import Worker
 
 
 async def test_after_a_claim_whose_answer_was_lost_the_next_puts_its_jobs_back(tmp_path):
-    settings = load_settings(None, database={"path": str(tmp_path / "w.db")}, worker={"poll_interval_s": 0.01})
+    settings = load_settings(None, database={"path": str(tmp_path / "w.db")},
+                             worker={"poll_interval_s": 0.01})
     store = JobStore.open(settings.database.path)
     real_claim = store.claim
     keeps: list = []
@@ -35,7 +36,8 @@ async def test_after_a_claim_whose_answer_was_lost_the_next_puts_its_jobs_back(t
 
     store.claim = claim
     try:
-        job_id, _ = await store.enqueue("k1", 60, "default", "add", "c1", json.dumps({"connection": "default"}))
+        payload = json.dumps({"connection": "default"})
+        job_id, _ = await store.enqueue("k1", 60, "default", "add", "c1", payload)
         worker = Worker(SyncContext(settings, None, {}, store), store, Metrics(["default"]))
         spawned: list[str] = []
         worker._jobs.spawn = lambda coro, name: (coro.close(), spawned.append(name))  # claimed, not run
