@@ -60,6 +60,7 @@ class Worker:
         # WordPress unreachable: no claims until a probe gets through (see _dispatch_once).
         self.paused = False
         self._probe_failures = 0
+        self._next_probe = 0.0
         # A claim that raised (the writer died, the database connection broke, the call was
         # cancelled) may have committed with its answer lost: its jobs are running for nobody.
         # Only the claim after such a one sends the jobs this process runs (``keep``), so that
@@ -68,7 +69,6 @@ class Worker:
         # Bound once (after logging is configured; again on reload, bridge.app), not per job
         # through the lazy proxy, which builds a logger each time.
         self.log = log.bind()
-        self._next_probe = 0.0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._running: dict[int, Job] = {}
