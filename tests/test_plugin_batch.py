@@ -263,6 +263,24 @@ async def test_an_item_sees_what_an_earlier_item_of_its_batch_wrote(site, people
     assert last_names == ["Third"]
 
 
+async def test_a_contact_id_of_up_to_191_characters_is_indexed_however_many_bytes_it_takes(site, people):
+    """The contact index holds IDs of up to 191 characters (its column's length), counted in
+    characters, not bytes: an ID of 191 two-byte characters is indexed, one of 192 is not; a
+    batch finds the users of both by contact ID (through the index, and through the meta table)."""
+    tag = uuid.uuid4().hex[:6]
+    fits, too_long = tag + "\u00e9" * 185, tag + "\u00e9" * 186
+    assert (len(fits), len(fits.encode()), len(too_long)) == (191, 376, 192)
+    async with client_for(site, people["bridge"], "rest") as wp:
+        made = [await wp.upsert(UpsertRequest(email=new_email("long-id"), contact_id=cid, contact_id_key=CONTACT_KEY))
+                for cid in (fits, too_long)]
+        indexed = [site.sql(f"SELECT contact_id FROM wp_wpsb_contacts WHERE user_id = {m.user_id}") for m in made]
+        assert indexed == [[fits], []]
+        moved = await wp.upsert_batch([UpsertRequest(email=new_email("moved"), contact_id=cid,
+                                                     contact_id_key=CONTACT_KEY, create=False)
+                                       for cid in (fits, too_long)])
+    assert [(r.outcome, r.user_id) for r in moved] == [("updated", m.user_id) for m in made], moved
+
+
 async def test_the_plugins_routes_are_served_without_registering_the_core_routes(site, people):
     """A request for a wp-sync-bridge/v1 route skips registering WordPress core's own REST routes
     (wp/v2 ...), which it never uses; a request for a core route still finds them all."""

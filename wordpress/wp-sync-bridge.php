@@ -1054,7 +1054,21 @@ function wpsb_is_contact_key( $key ) {
  * @return bool
  */
 function wpsb_contact_indexed( $key, $value ) {
-	return wpsb_contact_index_ready() && wpsb_is_contact_key( $key ) && mb_strlen( $value ) <= 191;
+	return wpsb_contact_index_ready() && wpsb_is_contact_key( $key ) && wpsb_fits_index( $value );
+}
+
+/**
+ * Whether a contact ID fits the index's column: at most 191 characters. A character is at least
+ * one byte, so a value of at most 191 bytes fits without counting its characters. Counting them
+ * (mb_strlen) is what costs: without PHP's mbstring extension (Debian's wordpress package only
+ * suggests it) WordPress's stand-in reads an option and runs a regex on every call, 12% of the
+ * CPU a batch of 100 unchanged users took (two calls per item).
+ *
+ * @param string $value Contact ID.
+ * @return bool
+ */
+function wpsb_fits_index( $value ) {
+	return strlen( $value ) <= 191 || mb_strlen( $value ) <= 191;
 }
 
 /**
@@ -1102,7 +1116,7 @@ function wpsb_reindex_contact( $user_id, $key ) {
 	$table = wpsb_contacts_table();
 	$want  = array();
 	foreach ( get_user_meta( $user_id, $key, false ) as $value ) {
-		if ( is_scalar( $value ) && '' !== (string) $value && mb_strlen( (string) $value ) <= 191 ) {
+		if ( is_scalar( $value ) && '' !== (string) $value && wpsb_fits_index( (string) $value ) ) {
 			$want[] = (string) $value;
 		}
 	}
