@@ -271,9 +271,10 @@ async def test_a_contact_id_of_up_to_191_characters_is_indexed_however_many_byte
     fits, too_long = tag + "\u00e9" * 185, tag + "\u00e9" * 186
     assert (len(fits), len(fits.encode()), len(too_long)) == (191, 376, 192)
     async with client_for(site, people["bridge"], "rest") as wp:
-        made = [await wp.upsert(UpsertRequest(email=new_email("long-id"), contact_id=cid, contact_id_key=CONTACT_KEY))
-                for cid in (fits, too_long)]
-        indexed = [site.sql(f"SELECT contact_id FROM wp_wpsb_contacts WHERE user_id = {m.user_id}") for m in made]
+        made = [await wp.upsert(UpsertRequest(email=new_email("long-id"), contact_id=cid,
+                                              contact_id_key=CONTACT_KEY)) for cid in (fits, too_long)]
+        indexed = [site.sql(f"SELECT contact_id FROM wp_wpsb_contacts WHERE user_id = {m.user_id}")
+                   for m in made]
         assert indexed == [[fits], []]
         moved = await wp.upsert_batch([UpsertRequest(email=new_email("moved"), contact_id=cid,
                                                      contact_id_key=CONTACT_KEY, create=False)
