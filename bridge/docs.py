@@ -84,8 +84,7 @@ DESCRIPTIONS: dict[str, str] = {
                            "that is not full for more upserts (never a lone upsert with nothing in "
                            "flight); 0: off.",
     "worker.claim_interval_s": "While a WordPress request is in flight, the queue is claimed from at most "
-                               "this often (each claim is a commit); with none in flight, at once, and "
-                               "at once when this bridge's intake goes idle (the end of a burst).",
+                               "this often (each claim is a commit); with none in flight, at once.",
     "worker.max_attempts": "Runs of a job before it goes to the dead-letter state.",
     "worker.lease_s": "A running job not renewed within this time is taken back into the queue.",
     "worker.poll_interval_s": "How often the queue is looked at when no delivery wakes it.",

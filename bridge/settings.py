@@ -217,8 +217,7 @@ class WorkerSettings(_Section):
     batch_hold_s: float = Field(0.1, ge=0, le=1)
     # While a WordPress request of this bridge is in flight, the queue is claimed from at most this
     # often: jobs claimed meanwhile would wait for that answer in the batcher anyway (Nagle's rule,
-    # bridge.batching), and each claim is a commit. With no request in flight, at once; and when
-    # this bridge's intake goes idle (a burst's last jobs wait for no interval).
+    # bridge.batching), and each claim is a commit. With no request in flight, at once.
     claim_interval_s: float = Field(0.01, ge=0, le=1)
 
 

@@ -71,9 +71,6 @@ class Worker:
         self.log = log.bind()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        # Ends a claim interval early: stopping, or this bridge's intake gone idle (the burst is
-        # over, so its last jobs are claimed at once rather than after the interval).
-        self._claim_now = asyncio.Event()
         self._running: dict[int, Job] = {}
         self._recording: dict[int, Job] = {}  # remote work over, result not yet written
         self._record_failing: set[int] = set()
@@ -88,7 +85,6 @@ class Worker:
             intake_busy=traffic.busy if traffic is not None else None, busy_hold_s=self.cfg.batch_hold_s)
         if traffic is not None:
             traffic.on_idle(self.batcher.wake)
-            traffic.on_idle(self._claim_now.set)
 
     @property
     def slots(self) -> int:
@@ -117,7 +113,6 @@ class Worker:
         """Stop claiming, let running jobs finish within ``grace_s``, leave the rest queued."""
         self._stopping.set()
         self._wake.set()
-        self._claim_now.set()
         await self._loops.cancel()
         finished = await self._jobs.wait(grace_s)
         if not finished:
@@ -166,10 +161,7 @@ class Worker:
             # A job claimed now would wait for the request in flight anyway (bridge.batching's
             # Nagle rule); claiming a few at a time, one commit each, only costs the writer and
             # the loop what the intake needs (bench/sync.py, README). A wake-up meanwhile stays set.
-            # The interval ends when the intake goes idle: the last jobs of a burst go at once.
-            if not self._stopping.is_set():
-                self._claim_now.clear()
-            await _wait(self._claim_now, self.cfg.claim_interval_s)
+            await _wait(self._stopping, self.cfg.claim_interval_s)
 
     def _pause(self, error: str) -> None:
         """A job found WordPress unreachable: stop claiming (waiting jobs keep their attempts and

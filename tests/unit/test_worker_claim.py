@@ -1,9 +1,6 @@
 """The worker's claims on a real SQLite store: the jobs it runs (``keep``) go with a claim only after
-a claim that raised, whose answer may be lost with its jobs committed as running for nobody; the
-wait between claims while a request is in flight ends when the intake goes idle. And its job
-lines' logger, bound once, follows a reload's level."""
-
-import asyncio
+a claim that raised, whose answer may be lost with its jobs committed as running for nobody. And
+its job lines' logger, bound once, follows a reload's level."""
 
 import io
 import json
@@ -12,7 +9,6 @@ import pytest
 import structlog
 
 from bridge.app import Bridge
-from bridge.batching import Traffic
 from bridge.logs import configure
 from bridge.metrics import Metrics
 from bridge.settings import load_settings
@@ -58,31 +54,6 @@ async def test_after_a_claim_whose_answer_was_lost_the_next_puts_its_jobs_back(t
         await worker._dispatch_once()  # a claim that answered: the next one skips the scan
         assert keeps[2] is None
         assert (await store.get_job(job_id))["attempts"] == 2  # the job it runs stays its own
-    finally:
-        store.close()
-
-
-async def test_the_wait_between_claims_ends_when_the_intake_goes_idle(tmp_path):
-    """While a WordPress request is in flight, claims wait ``worker.claim_interval_s`` apart. When
-    the intake answers its last delivery of a burst, the wait ends: the burst's last jobs are
-    claimed at once, not an interval later. Without deliveries (another bridge takes them), the
-    wait lasts."""
-    settings = load_settings(None, database={"path": str(tmp_path / "i.db")},
-                             worker={"poll_interval_s": 0.01, "claim_interval_s": 1.0})
-    store = JobStore.open(settings.database.path)
-    try:
-        traffic = Traffic(idle_s=0.001)
-        worker = Worker(SyncContext(settings, None, {}, store), store, Metrics(["default"]), traffic=traffic)
-        worker._jobs.spawn = lambda coro, name: coro.close()
-        worker.batcher._in_flight = 1  # a request in flight: the interval applies
-
-        waiting = asyncio.ensure_future(worker._dispatch_once())
-        await asyncio.sleep(0.2)
-        assert not waiting.done()  # no deliveries: still waiting out the 1 s interval
-
-        traffic.started()
-        traffic.finished()  # the intake answered its last delivery
-        await asyncio.wait_for(waiting, 0.5)
     finally:
         store.close()
 
