@@ -34,6 +34,7 @@ class Metrics:
                                           "Connections the server closed early, by reason", ["reason"],
                                           registry=self.registry)
         self._delivery_children: dict[tuple[str, str], object] = {}
+        self._job_children: dict[tuple[str, str], tuple] = {}
         self.batches = Counter("wpsb_wordpress_batches", "Batch upsert requests sent to WordPress",
                                registry=self.registry)
         self.batch_items = Counter("wpsb_wordpress_batch_items", "Upserts sent in batch requests",
@@ -88,8 +89,12 @@ class Metrics:
         child.inc()
 
     def job_done(self, connection: str, outcome: str, duration_s: float) -> None:
-        self.jobs.labels(self.label(connection), outcome).inc()
-        self.job_seconds.labels(self.label(connection)).observe(duration_s)
+        key = (self.label(connection), outcome)
+        children = self._job_children.get(key)
+        if children is None:  # as in delivery(): labels() once per pair, not per job
+            children = self._job_children[key] = (self.jobs.labels(*key), self.job_seconds.labels(key[0]))
+        children[0].inc()
+        children[1].observe(duration_s)
 
     def job_retry(self, connection: str) -> None:
         self.jobs.labels(self.label(connection), "retry_scheduled").inc()

@@ -3,6 +3,8 @@ no_user, create_on_update, tags-only writes, role changes only when asked, role 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.conftest import bridge_config, customerly_delivery, unique_email
@@ -77,3 +79,20 @@ async def test_a_contact_the_crm_does_not_know_ends_as_not_in_crm(tmp_path, wp_s
     _, answer = await b.send({"user": {"id": 987654321}}, path="/hooks/usercom")
     job = await b.wait_job(answer["job_id"])
     assert job["status"] == "done" and job["attempts"] == 1 and job["outcome"]["outcome"] == "not_in_crm"
+
+
+@pytest.mark.parametrize("fmt", ["fnamenum", "flname"])
+async def test_new_users_get_the_login_format_configured(tmp_path, wp_stack, fake_crm, start_bridge, fmt):
+    """wordpress.username_format: fnamenum makes the login from the first name and three digits,
+    flname from first and last name (WordPress appends a number when that login is taken)."""
+    config = bridge_config(tmp_path, wp_stack, fake_crm)
+    config["wordpress"]["username_format"] = fmt
+    b = await start_bridge(config)
+    email = unique_email("login")
+    fake_crm.add_customerly_user(email, attributes={"first_name": "Zoë", "last_name": "Quill"})
+    _, answer = await b.send(customerly_delivery(email), wpf_action="add")
+    job = await b.wait_job(answer["job_id"])
+    assert job["outcome"]["outcome"] == "created", job["last_error"]
+    [user] = await WordPressProbe(wp_stack).users_with_email(email)
+    pattern = r"zoe[1-9]\d\d" if fmt == "fnamenum" else r"zoequill(-?\d+)?"
+    assert re.fullmatch(pattern, user["username"]), user
