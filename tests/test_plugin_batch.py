@@ -27,6 +27,7 @@ from tests.plugin_actors import CONTACT_KEY, ROOT, TAGS_KEY, client_for, link_fa
 pytestmark = pytest.mark.wordpress
 
 QUERY_COUNT_PHP = ROOT / "wordpress" / "test-support" / "wpsb-query-count.php"
+META_PRIME_PHP = ROOT / "wordpress" / "test-support" / "wpsb-meta-prime-check.php"
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +281,22 @@ async def test_a_contact_id_of_up_to_191_characters_is_indexed_however_many_byte
                                                      contact_id_key=CONTACT_KEY, create=False)
                                        for cid in (fits, too_long)])
     assert [(r.outcome, r.user_id) for r in moved] == [("updated", m.user_id) for m in made], moved
+
+
+@pytest.mark.parametrize("filtered", [False, True])
+def test_a_batch_caches_its_users_meta_as_update_meta_cache_does(site, filtered):
+    """A batch reads its users' meta in the statement that locks it and caches it itself: for
+    every user (several values under a key, serialized, empty and NULL values, a numeric key, no
+    meta at all) exactly what update_meta_cache() caches, in one meta query. With a filter on
+    update_user_metadata_cache, update_meta_cache() reads the meta itself (two queries)."""
+    port = str(urlsplit(site.url).port)
+    command = ["php", "-d", "display_errors=stderr", str(META_PRIME_PHP), str(site.site_dir), port,
+               *(["filtered"] if filtered else [])]
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["users"] == 5 and answer["equal"], answer
+    assert answer["meta_queries"] == (2 if filtered else 1), answer
 
 
 async def test_the_plugins_routes_are_served_without_registering_the_core_routes(site, people):
