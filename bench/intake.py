@@ -219,7 +219,7 @@ def black_hole() -> socket.socket:
 
 async def start_bridge(db_path: Path, hole_port: int, log_level: str, log_stream: Any) -> Any:
     """The real Bridge on a fresh database; WordPress and the CRM are the black hole."""
-    from bridge.app import Bridge, settle_heap
+    from bridge.app import Bridge
     from bridge.logs import configure
     from bridge.settings import load_settings
 
@@ -237,7 +237,6 @@ async def start_bridge(db_path: Path, hole_port: int, log_level: str, log_stream
     redactor = configure(log_level, "json", stream=log_stream)
     bridge = Bridge(settings, redactor)
     await bridge.start()
-    settle_heap()  # as Bridge.run does once started
     return bridge
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sync  # noqa: E402  (bench/sync.py: the same stack, settings and sender)
 
-from bridge.app import Bridge, settle_heap  # noqa: E402
+from bridge.app import Bridge  # noqa: E402
 from bridge.cli_common import run_async  # noqa: E402
 from bridge.clients.wordpress import UpsertRequest, make_wordpress  # noqa: E402
 from bridge.logs import configure  # noqa: E402
@@ -86,7 +86,6 @@ async def profile(env: dict[str, str], n: int, concurrency: int, workdir: Path, 
     tag = uuid.uuid4().hex[:8]
     bridge = Bridge(sync.Bridged(env, concurrency, workdir).settings(tag))
     await bridge.start()
-    settle_heap()  # as Bridge.run does once started
     # In-process, the bridge's column is the sender's too.
     procs = {**({"sender": [sender.pid]} if sender.pid is not None else {}), "bridge": [os.getpid()],
              "writer": [bridge.store.writer_pid], **stack_processes(env)}

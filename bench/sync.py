@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import lean_http  # noqa: E402  (bench/lean_http.py)
 
-from bridge.app import Bridge, settle_heap  # noqa: E402
+from bridge.app import Bridge  # noqa: E402
 from bridge.cli_common import run_async  # noqa: E402
 from bridge.clients.http import basic_auth  # noqa: E402
 from bridge.logs import configure  # noqa: E402
@@ -264,7 +264,6 @@ class Bridged:
         tag = uuid.uuid4().hex[:8]
         bridge = Bridge(self.settings(tag))
         await bridge.start()
-        settle_heap()  # as Bridge.run does once started
         url = f"http://127.0.0.1:{bridge.port}/hooks/bench"
         rates: dict[str, float] = {}
 

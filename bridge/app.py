@@ -9,7 +9,6 @@ and STOPPING=1; SIGHUP re-reads the configuration file and applies what can chan
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 import sqlite3
 import time
@@ -51,25 +50,6 @@ COUNTS_MAX_AGE_S = 5.0
 def secrets_of(settings: Settings) -> list[str]:
     """Every configured secret value, for the log redactor."""
     return settings.secret_values()
-
-
-# The youngest generation of Python's collector is collected every this many new objects (700 by
-# default): a burst keeps hundreds of jobs' objects alive at once, and each collection walked them
-# again (settle_heap).
-GC_GEN0_THRESHOLD = 10_000
-
-
-def settle_heap() -> None:
-    """Once started, take what start-up made (modules, settings, clients: alive as long as the
-    process) out of the cyclic collector's view (``gc.freeze``, after a collection), and collect
-    the youngest generation less often (``GC_GEN0_THRESHOLD``). A full collection walked all of
-    it, ~40 ms of the event loop in the middle of a burst; collections took 30 µs per delivery
-    of unchanged updates, 10 with both (``bench/sync.py``'s unchanged phase, README). ``run``
-    calls it; a process that starts a ``Bridge`` itself (the benchmarks) calls it after ``start``."""
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, older, oldest)
 
 
 class Bridge:
@@ -188,7 +168,6 @@ class Bridge:
         except BaseException:
             await self.stop()
             raise
-        settle_heap()
         await stop.wait()
         log.info("bridge.stopping", grace_s=self.settings.worker.shutdown_grace_s)
         self.notifier.notify(STOPPING=1, STATUS="stopping: finishing running jobs")
