@@ -20,14 +20,7 @@ if ( 'cli' !== PHP_SAPI || $argc < 3 ) {
 	fwrite( STDERR, "usage: php wpsb-meta-prime-check.php SITE_DIR PORT [filtered]\n" );
 	exit( 2 );
 }
-define( 'SAVEQUERIES', true );
-$_SERVER['HTTP_HOST']       = '127.0.0.1:' . $argv[2];
-$_SERVER['REQUEST_URI']     = '/';
-$_SERVER['SERVER_PROTOCOL'] = 'HTTP/1.1';
-$_SERVER['REQUEST_METHOD']  = 'GET';
-require $argv[1] . '/wp-load.php';
-add_filter( 'pre_wp_mail', '__return_false', 1 );
-wp_set_current_user( 1 );
+require __DIR__ . '/wpsb-cli-boot.php';
 if ( 'filtered' === ( $argv[3] ?? '' ) ) {
 	add_filter( 'update_user_metadata_cache', static function ( $check ) { return $check; }, 10, 2 );
 }

@@ -23,14 +23,7 @@ if ( 'cli' !== PHP_SAPI || $argc < 3 ) {
 if ( isset( $argv[4] ) ) {
 	define( 'WPMU_PLUGIN_DIR', $argv[4] );
 }
-define( 'SAVEQUERIES', true );
-$_SERVER['HTTP_HOST']       = '127.0.0.1:' . $argv[2];
-$_SERVER['REQUEST_URI']     = '/';
-$_SERVER['SERVER_PROTOCOL'] = 'HTTP/1.1';
-$_SERVER['REQUEST_METHOD']  = 'GET';
-require $argv[1] . '/wp-load.php';
-add_filter( 'pre_wp_mail', '__return_false', 1 );
-wp_set_current_user( 1 );
+require __DIR__ . '/wpsb-cli-boot.php';
 
 $n   = (int) ( $argv[3] ?? 10 );
 $tag = wp_generate_password( 8, false );
