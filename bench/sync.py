@@ -28,10 +28,10 @@ bridge's connection takes the contact from the delivery (no CRM fetch), so both 
 WordPress work. Latency is a job's ``updated_at - created_at`` in the bridge's own database: from
 the commit that acknowledged the delivery to the commit that recorded the plugin's answer (which
 WordPress gives after its own COMMIT, so the user is visible by then). At idle, one delivery at a
-time (and, as the reference in the same run, with ``worker.batch_size = 1``: one upsert per
-request, as before batching); under load, every job of the create phase. Prints every figure,
-and ``sync_ratio=``
-(creates, bridge rate / direct rate, medians) last.
+time, in turns with the reference: a second bridge with ``worker.batch_size = 1`` (one upsert per
+request, as before batching) running beside it, so both see the same machine at the same moments;
+under load, every job of the create phase. Prints every figure, and ``sync_ratio=`` (creates,
+bridge rate / direct rate, medians) last.
 """
 
 from __future__ import annotations
@@ -257,9 +257,14 @@ class Bridged:
                 "meta_prefix": "bench"}}},
         })
 
-    async def run(self, n: int, idle: int) -> tuple[dict[str, float], dict[str, list[float]]]:
-        """Users per second for each phase, and latencies (s): idle creates, creates under load.
-        ``n`` 0: the idle latencies only."""
+    async def run(self, n: int, idle: int, reference: "Bridged | None" = None
+                  ) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Users per second for each phase, and latencies (s): creates under load (``load``), and
+        ``idle`` creates one delivery at a time (``idle``). With a ``reference`` (another
+        configuration), the idle deliveries alternate between this bridge and the reference's,
+        which runs beside it from then on, so both are measured on the same machine at the same
+        moments (``idle_reference``): run one after the other, the second ran on a site still
+        settling the load phases' writes, and the two differed by that and not by their code."""
         assert self.sender is not None
         tag = uuid.uuid4().hex[:8]
         bridge = Bridge(self.settings(tag))
@@ -267,15 +272,10 @@ class Bridged:
         url = f"http://127.0.0.1:{bridge.port}/hooks/bench"
         rates: dict[str, float] = {}
 
-        def delivery(action: str, contact: dict[str, str]) -> Call:
-            # A delivery ID of its own: the unchanged phase repeats the changed one's contact,
-            # which the intake would otherwise answer as a duplicate.
-            body = {"contact": contact, "delivery_id": uuid.uuid4().hex}
-            return "POST", url, {"wpf_action": action, "access_key": KEY}, body, {}, 202
-
         def contact(i: int, last: str) -> dict[str, str]:
             return {"email": f"bridge-{tag}-{i}@example.com", "first_name": "Bench", "last_name": last}
 
+        ref: Bridge | None = None
         try:
             phases = {
                 "create": ("add", lambda i: contact(i, str(i)), "created"),
@@ -283,27 +283,54 @@ class Bridged:
                 "unchanged": ("update", lambda i: contact(i, f"changed-{i}"), "unchanged"),
             }
             load_jobs: list[int] = []
-            for phase, (action, body, expected) in (phases.items() if n else ()):
+            for phase, (action, body, expected) in phases.items():
                 before = runs_recorded(bridge)
-                started, _, answers = await self.sender.send([delivery(action, body(i)) for i in range(n)],
+                started, _, answers = await self.sender.send([delivery(url, action, body(i)) for i in range(n)],
                                                              self.concurrency)
                 rates[phase] = n / (await recorded(bridge, before, n) - started)
                 job_ids = [a["job_id"] for a in answers]
                 await check_outcomes(bridge, job_ids, expected)
                 if phase == "create":
                     load_jobs = job_ids
-            idle_jobs = []
-            for i in range(idle):
-                _, _, answers = await self.sender.send(
-                    [delivery("add", {"email": f"idle-{tag}-{i}@example.com", "first_name": "Idle"})], 1)
-                await drained(bridge, poll_s=0.001)
-                idle_jobs.append(answers[0]["job_id"])
-            await check_outcomes(bridge, idle_jobs, "created")
-            latencies = {"idle": await job_latencies(bridge, idle_jobs),
-                         "load": await job_latencies(bridge, load_jobs)}
+            sides = {"idle": bridge}
+            if reference is not None:
+                ref = Bridge(reference.settings(tag + "r"))
+                await ref.start()
+                sides["idle_reference"] = ref
+            latencies = await idle_latencies(self.sender, sides, idle, tag)
+            latencies["load"] = await job_latencies(bridge, load_jobs)
             return rates, latencies
         finally:
             await bridge.stop()
+            if ref is not None:
+                await ref.stop()
+
+
+def delivery(url: str, action: str, contact: dict[str, str]) -> Call:
+    """A delivery to the bench connection. A delivery ID of its own: the unchanged phase repeats
+    the changed one's contact, which the intake would otherwise answer as a duplicate."""
+    body = {"contact": contact, "delivery_id": uuid.uuid4().hex}
+    return "POST", url, {"wpf_action": action, "access_key": KEY}, body, {}, 202
+
+
+async def idle_latencies(sender: Sender, bridges: dict[str, Bridge], n: int, tag: str) -> dict[str, list[float]]:
+    """Latencies (s) of ``n`` creates sent one at a time to each bridge, each waiting until its
+    bridge is idle again (so only one is ever busy); the bridges take turns, in alternating order."""
+    jobs: dict[str, list[int]] = {name: [] for name in bridges}
+    names = list(bridges)
+    for i in range(n):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            bridge = bridges[name]
+            url = f"http://127.0.0.1:{bridge.port}/hooks/bench"
+            contact = {"email": f"{name.replace('_', '-')}-{tag}-{i}@example.com", "first_name": "Idle"}
+            _, _, answers = await sender.send([delivery(url, "add", contact)], 1)
+            await drained(bridge, poll_s=0.001)
+            jobs[name].append(answers[0]["job_id"])
+    out = {}
+    for name, bridge in bridges.items():
+        await check_outcomes(bridge, jobs[name], "created")
+        out[name] = await job_latencies(bridge, jobs[name])
+    return out
 
 
 def runs_recorded(bridge: Bridge) -> float:
@@ -389,7 +416,7 @@ async def main() -> None:
     env, started_here = stack_env()
     direct_rates: dict[str, list[float]] = {p: [] for p in PHASES}
     bridge_rates: dict[str, list[float]] = {p: [] for p in PHASES}
-    latencies: dict[str, list[float]] = {"idle": [], "load": [], "idle_single": []}
+    latencies: dict[str, list[float]] = {"idle": [], "load": [], "idle_reference": []}
     try:
         print(f"{wordpress_version(env)}; sender: {args.sender}, client: {args.client}", flush=True)
         async with Sender(args.sender == "in-process", args.client) as sender:
@@ -406,11 +433,10 @@ async def main() -> None:
                             rates = await direct.run(args.contacts)
                             into = direct_rates
                         else:
-                            rates, lat = await bridged.run(args.contacts, args.idle)
+                            rates, lat = await bridged.run(args.contacts, args.idle, reference=single)
                             into = bridge_rates
                             for key, values in lat.items():
                                 latencies[key] += values
-                            latencies["idle_single"] += (await single.run(0, args.idle))[1]["idle"]
                         for phase in PHASES:
                             into[phase].append(rates[phase])
                         shown = "  ".join(f"{p} {rates[p]:7.1f}/s" for p in PHASES)
@@ -426,8 +452,8 @@ async def main() -> None:
         print(f"{phase:<9} direct REST {d:7.1f} users/s  bridge {b:7.1f} users/s  ratio {b / d:5.2f}"
               f"  (medians of {len(direct_rates[phase])})")
     print(f"latency at idle (one delivery at a time): {ms(latencies['idle'])}  ({len(latencies['idle'])} jobs)")
-    print(f"  the same with single upserts:           {ms(latencies['idle_single'])}  "
-          f"(worker.batch_size = 1, {len(latencies['idle_single'])} jobs)")
+    print(f"  the same with single upserts:           {ms(latencies['idle_reference'])}  "
+          f"(worker.batch_size = 1, in turns with the above, {len(latencies['idle_reference'])} jobs)")
     print(f"latency under load (the create phase):    {ms(latencies['load'])}  ({len(latencies['load'])} jobs)")
     print(f"update_ratio={ratios['changed']:.2f} unchanged_ratio={ratios['unchanged']:.2f}")
     print(f"sync_ratio={ratios['create']:.2f}")
