@@ -285,8 +285,8 @@ class Bridged:
             load_jobs: list[int] = []
             for phase, (action, body, expected) in phases.items():
                 before = runs_recorded(bridge)
-                started, _, answers = await self.sender.send([delivery(url, action, body(i)) for i in range(n)],
-                                                             self.concurrency)
+                calls = [delivery(url, action, body(i)) for i in range(n)]
+                started, _, answers = await self.sender.send(calls, self.concurrency)
                 rates[phase] = n / (await recorded(bridge, before, n) - started)
                 job_ids = [a["job_id"] for a in answers]
                 await check_outcomes(bridge, job_ids, expected)
@@ -313,7 +313,8 @@ def delivery(url: str, action: str, contact: dict[str, str]) -> Call:
     return "POST", url, {"wpf_action": action, "access_key": KEY}, body, {}, 202
 
 
-async def idle_latencies(sender: Sender, bridges: dict[str, Bridge], n: int, tag: str) -> dict[str, list[float]]:
+async def idle_latencies(sender: Sender, bridges: dict[str, Bridge], n: int, tag: str
+                         ) -> dict[str, list[float]]:
     """Latencies (s) of ``n`` creates sent one at a time to each bridge, each waiting until its
     bridge is idle again (so only one is ever busy); the bridges take turns, in alternating order."""
     jobs: dict[str, list[int]] = {name: [] for name in bridges}
