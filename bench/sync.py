@@ -269,7 +269,7 @@ class Bridged:
         tag = uuid.uuid4().hex[:8]
         bridge = Bridge(self.settings(tag))
         await bridge.start()
-        url = f"http://127.0.0.1:{bridge.port}/hooks/bench"
+        url = hook_url(bridge)
         rates: dict[str, float] = {}
 
         def contact(i: int, last: str) -> dict[str, str]:
@@ -306,6 +306,11 @@ class Bridged:
                 await ref.stop()
 
 
+def hook_url(bridge: Bridge) -> str:
+    """The bench connection's webhook URL on ``bridge``."""
+    return f"http://127.0.0.1:{bridge.port}/hooks/bench"
+
+
 def delivery(url: str, action: str, contact: dict[str, str]) -> Call:
     """A delivery to the bench connection. A delivery ID of its own: the unchanged phase repeats
     the changed one's contact, which the intake would otherwise answer as a duplicate."""
@@ -323,10 +328,9 @@ async def idle_latencies(sender: Sender, bridges: dict[str, Bridge], n: int, tag
     for i in range(n):
         for name in (names if i % 2 == 0 else names[::-1]):
             bridge = bridges[name]
-            url = f"http://127.0.0.1:{bridge.port}/hooks/bench"
             contact = {"email": f"{name.replace('_', '-')}-{tag}-{i}@example.com", "first_name": "Idle"}
             before = runs_recorded(bridge)
-            _, _, answers = await sender.send([delivery(url, "add", contact)], 1)
+            _, _, answers = await sender.send([delivery(hook_url(bridge), "add", contact)], 1)
             # The metrics counter, not the queue's counts every ms: those reads share the bridge's
             # process, cost more the more jobs its database holds, and made the bridge that had run
             # the load phases 1-2.5 ms slower at idle than a fresh one, whatever its batch size.
